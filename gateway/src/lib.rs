@@ -1,0 +1,1 @@
+//! voxgate: the realtime audio gateway library.
