@@ -1,0 +1,1 @@
+//! Seed API surfaces (being written).

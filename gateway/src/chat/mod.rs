@@ -1,0 +1,1 @@
+//! The chat domain (being written).

@@ -1,0 +1,4 @@
+//! The realtime voice path (being written).
+
+pub mod protocol;
+pub mod upstream;

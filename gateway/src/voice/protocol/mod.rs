@@ -1,0 +1,3 @@
+//! Sans-IO protocol code: the client dialect and the OpenAI Realtime events.
+
+pub mod openai;

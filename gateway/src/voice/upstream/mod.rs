@@ -1,0 +1,3 @@
+//! Upstream realtime engines.
+
+pub mod local;
