@@ -1,1 +1,57 @@
-fn main() {}
+//! The `voxgate` binary: parse the configuration, set up logging and TLS, run the server until SIGTERM or
+//! ctrl-c, drain, exit 0. Everything else lives in the library so tests can run it in-process.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+use voxgate::config::{Config, LogFormat};
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => match err.downcast::<clap::Error>() {
+            // --help, --version and usage errors print themselves and pick their exit code.
+            Ok(clap_error) => clap_error.exit(),
+            Err(err) => {
+                eprintln!("voxgate: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    init_tracing(config.log_format);
+    // One process-wide rustls provider (ring) for every TLS client (upstream WebSockets, reqwest).
+    // It fails only if a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("voxgate: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(voxgate::server::serve(config));
+    // The server has drained; do not let a straggling blocking task hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "voxgate failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` filters (default `info`); `--log-format json` writes one JSON object per line.
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}

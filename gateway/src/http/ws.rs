@@ -1,0 +1,70 @@
+//! WebSocket limits from one source, [`LimitsConfig`], for every socket the gateway opens or accepts.
+//!
+//! Why: each WebSocket library defaults to 64 MiB messages and 128 KiB buffers per socket. With thousands of
+//! sockets that is both a memory hazard and an easy denial of service, so every client-facing upgrade goes
+//! through [`limit_upgrade`] and every outgoing (upstream) connection uses [`upstream_config`].
+
+use axum::extract::ws::WebSocketUpgrade;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::LimitsConfig;
+
+/// Largest message accepted from an upstream realtime server. Upstreams are trusted more than clients and
+/// send larger events (a `response.done` carries the whole reply transcript), so this is above the client
+/// limit; it still bounds memory if an upstream misbehaves.
+pub const UPSTREAM_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Applies the client-socket limits to an axum upgrade: message and frame size caps, small buffers, a
+/// bounded write buffer (backpressure instead of unbounded growth) and RFC 6455 masking enforced.
+pub fn limit_upgrade<F>(
+    upgrade: WebSocketUpgrade<F>,
+    limits: &LimitsConfig,
+) -> WebSocketUpgrade<F> {
+    upgrade
+        .max_message_size(limits.ws_max_message_bytes)
+        .max_frame_size(limits.ws_max_frame_bytes)
+        .read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
+        .max_write_buffer_size(max_write_buffer(limits, limits.ws_max_message_bytes))
+        .accept_unmasked_frames(false)
+}
+
+/// The tungstenite configuration for client sockets the gateway opens itself (upstream realtime servers,
+/// test clients), with the same buffer limits as accepted sockets.
+pub fn upstream_config(limits: &LimitsConfig) -> WebSocketConfig {
+    let max_message = UPSTREAM_MAX_MESSAGE_BYTES.max(limits.ws_max_message_bytes);
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
+        .max_write_buffer_size(max_write_buffer(limits, limits.ws_max_message_bytes))
+        .accept_unmasked_frames(false)
+}
+
+/// Tungstenite requires the write buffer cap to exceed the flush threshold by at least one message; beyond
+/// that the send fails instead of buffering without bound.
+fn max_write_buffer(limits: &LimitsConfig, largest_message: usize) -> usize {
+    limits
+        .ws_write_buffer_bytes
+        .saturating_add(largest_message)
+        .saturating_mul(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_config_follows_the_limits() {
+        let limits = LimitsConfig::default();
+        let config = upstream_config(&limits);
+        assert_eq!(config.read_buffer_size, limits.ws_read_buffer_bytes);
+        assert_eq!(config.write_buffer_size, limits.ws_write_buffer_bytes);
+        assert_eq!(config.max_message_size, Some(UPSTREAM_MAX_MESSAGE_BYTES));
+        assert!(
+            config.max_write_buffer_size > config.write_buffer_size + limits.ws_max_message_bytes
+        );
+        assert!(!config.accept_unmasked_frames);
+    }
+}
