@@ -1,0 +1,691 @@
+//! Seed 000 over real sockets: the documented examples, errors, limits, expiry and audio.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::common::*;
+
+async fn post(server: &voxgate::testing::TestServer, path: &str, body: Value) -> (u16, Value) {
+    json_response(
+        client()
+            .post(server.http_url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn get(server: &voxgate::testing::TestServer, path: &str) -> (u16, Value) {
+    json_response(client().get(server.http_url(path)).send().await.unwrap()).await
+}
+
+/// The seed's create example.
+async fn create(server: &voxgate::testing::TestServer, user: &str, language: &str) -> Value {
+    let (status, body) = post(
+        server,
+        "/api/v1/sessions/create",
+        json!({
+            "user_id": user,
+            "user_data": {"name": "John Doe", "preferences": {"language": language, "theme": "dark"}},
+            "context": {"platform": "nextjs", "version": "1.0"}
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn chat(server: &voxgate::testing::TestServer, session_id: &str, message: &str) -> Value {
+    let (status, body) = post(
+        server,
+        "/api/v1/sessions/chat",
+        json!({
+            "session_id": session_id,
+            "message": message,
+            "input_type": "text",
+            "context": {"page": "/contact", "timestamp": "2024-01-15T10:35:00Z"}
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn session_id(created: &Value) -> String {
+    created["session_info"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Component types at the top level of `ui_components`.
+fn kinds(response: &Value) -> Vec<String> {
+    response["ui_components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn seed_create_and_chat_examples() {
+    let server = start(|_| {}).await;
+    let created = create(&server, "user123", "fr").await;
+    assert_eq!(keys(&created), ["message", "session_info", "success"]);
+    assert_eq!(created["success"], true);
+    assert_eq!(created["message"], "Session créée avec succès");
+    let info = &created["session_info"];
+    assert_eq!(
+        keys(info),
+        [
+            "created_at",
+            "expires_at",
+            "interaction_count",
+            "is_active",
+            "last_activity",
+            "session_id",
+            "user_id"
+        ]
+    );
+    assert!(info["session_id"].as_str().unwrap().starts_with("sess_"));
+    assert_eq!(info["user_id"], "user123");
+    assert!(is_timestamp(&info["created_at"]) && is_timestamp(&info["last_activity"]));
+    assert_eq!(info["interaction_count"], 0);
+    assert_eq!(info["is_active"], true);
+    let id = session_id(&created);
+
+    let response = chat(&server, &id, "Créer un formulaire de contact").await;
+    assert_eq!(
+        keys(&response),
+        [
+            "message_id",
+            "nlp_analysis",
+            "response_audio",
+            "response_id",
+            "response_text",
+            "session_info",
+            "success",
+            "ui_components"
+        ]
+    );
+    assert_eq!(response["success"], true);
+    assert_eq!(response["nlp_analysis"]["intent"], "create_form");
+    assert_eq!(
+        response["nlp_analysis"]["entities"],
+        json!([{"type": "form_type", "value": "contact"}])
+    );
+    let confidence = response["nlp_analysis"]["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.8 && confidence <= 1.0, "{confidence}");
+    assert_eq!(kinds(&response), ["form"]);
+    let fields = &response["ui_components"][0]["props"]["fields"];
+    let field_shapes: Vec<(&str, &str, &str)> = fields
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap(),
+                f["type"].as_str().unwrap(),
+                f["label"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        field_shapes,
+        [
+            ("name", "text", "Nom"),
+            ("email", "email", "Email"),
+            ("message", "textarea", "Message")
+        ]
+    );
+    assert_eq!(
+        response["response_text"],
+        "J'ai créé un formulaire de contact avec les champs nom, email et message."
+    );
+    assert_eq!(
+        keys(&response["session_info"]),
+        ["interaction_count", "last_activity", "session_id"]
+    );
+    assert_eq!(response["session_info"]["session_id"], id.as_str());
+    assert_eq!(response["session_info"]["interaction_count"], 1);
+    assert!(is_timestamp(&response["session_info"]["last_activity"]));
+
+    // The audio URL has the seed's form and serves a WAV.
+    let audio = response["response_audio"].as_str().unwrap();
+    assert!(
+        audio.starts_with("/audio/response_") && audio.ends_with(".wav"),
+        "{audio}"
+    );
+    let wav = client().get(server.http_url(audio)).send().await.unwrap();
+    assert_eq!(wav.status().as_u16(), 200);
+    assert_eq!(wav.headers()["content-type"], "audio/wav");
+    let bytes = wav.bytes().await.unwrap();
+    assert!(bytes.len() > 44 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE");
+    let data_len = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
+    assert!(data_len > 0 && data_len <= bytes.len() - 44);
+
+    // The interaction is stored through the chat domain.
+    let store = server.state.chat.store();
+    let question = store
+        .get_message(response["message_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(question.content, "Créer un formulaire de contact");
+    let answer = store
+        .get_message(response["response_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.content, response["response_text"].as_str().unwrap());
+    assert_eq!(answer.metadata["intent"], "create_form");
+
+    let metrics = client()
+        .get(server.http_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("voxgate_chat_requests_total{surface=\"intentlayer\"} 1"),
+        "{metrics}"
+    );
+
+    // info reflects the interaction.
+    let (status, info) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["success"], true);
+    assert_eq!(info["session_info"]["interaction_count"], 1);
+    assert_eq!(info["session_info"]["user_id"], "user123");
+}
+
+#[tokio::test]
+async fn seed_usage_examples() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "user123", "fr").await);
+
+    let registration = chat(&server, &id, "Je veux créer un formulaire d'inscription").await;
+    assert_eq!(registration["nlp_analysis"]["intent"], "create_form");
+    assert_eq!(
+        registration["nlp_analysis"]["entities"],
+        json!([{"type": "form_type", "value": "registration"}])
+    );
+    let names: Vec<&str> = registration["ui_components"][0]["props"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["name", "email", "password"]);
+    assert_eq!(
+        registration["response_text"],
+        "J'ai créé un formulaire d'inscription avec les champs nom, email et mot de passe."
+    );
+
+    let navigation = chat(&server, &id, "Ajoute un menu de navigation").await;
+    assert_eq!(navigation["nlp_analysis"]["intent"], "create_navigation");
+    assert_eq!(kinds(&navigation), ["navigation"]);
+    let links = navigation["ui_components"][0]["props"]["links"]
+        .as_array()
+        .unwrap();
+    assert!(links.len() >= 3);
+    assert!(
+        links
+            .iter()
+            .all(|l| l["label"].is_string() && l["href"].is_string())
+    );
+    assert_eq!(
+        navigation["response_text"],
+        "Voici un menu de navigation avec les sections principales de votre site."
+    );
+
+    let dashboard = chat(
+        &server,
+        &id,
+        "Crée un tableau de bord avec des statistiques",
+    )
+    .await;
+    assert_eq!(dashboard["nlp_analysis"]["intent"], "create_dashboard");
+    let dashboard_kinds = kinds(&dashboard);
+    for kind in ["card", "chart", "layout"] {
+        assert!(
+            dashboard_kinds.iter().any(|k| k == kind),
+            "{kind} in {dashboard_kinds:?}"
+        );
+    }
+    let layout = dashboard["ui_components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "layout")
+        .unwrap();
+    assert!(layout["props"]["columns"].as_u64().unwrap() >= 1);
+    assert!(
+        layout["props"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] == "card")
+    );
+    let chart = dashboard["ui_components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "chart")
+        .unwrap();
+    assert!(chart["props"]["type"].is_string() && chart["props"]["data"].is_object());
+    let card = dashboard["ui_components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "card")
+        .unwrap();
+    assert!(card["props"]["title"].is_string());
+    assert_eq!(
+        dashboard["response_text"],
+        "J'ai créé un tableau de bord avec vos métriques principales."
+    );
+
+    let unknown = chat(&server, &id, "Quel temps fera-t-il demain à Lyon ?").await;
+    assert_eq!(unknown["nlp_analysis"]["intent"], "unknown");
+    assert!(unknown["nlp_analysis"]["confidence"].as_f64().unwrap() < 0.5);
+    assert_eq!(unknown["ui_components"], json!([]));
+    assert_eq!(unknown["nlp_analysis"]["entities"], json!([]));
+    assert_eq!(unknown["session_info"]["interaction_count"], 4);
+
+    // An English-speaking user gets English answers.
+    let english = session_id(&create(&server, "user456", "en").await);
+    let response = chat(&server, &english, "Please create a contact form").await;
+    assert_eq!(
+        response["response_text"],
+        "I created a contact form with the fields name, email and message."
+    );
+    assert_eq!(
+        response["ui_components"][0]["props"]["fields"][0]["label"],
+        "Name"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_422_naming_the_field() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "user123", "fr").await);
+    let cases = [
+        ("/api/v1/sessions/create", json!({}), "user_id"),
+        ("/api/v1/sessions/create", json!({"user_id": 42}), "user_id"),
+        (
+            "/api/v1/sessions/create",
+            json!({"user_id": "  "}),
+            "user_id",
+        ),
+        (
+            "/api/v1/sessions/create",
+            json!({"user_id": "a/b"}),
+            "user_id",
+        ),
+        (
+            "/api/v1/sessions/create",
+            json!({"user_id": "u", "user_data": "x"}),
+            "user_data",
+        ),
+        (
+            "/api/v1/sessions/create",
+            json!({"user_id": "u", "context": [1]}),
+            "context",
+        ),
+        ("/api/v1/sessions/create", json!([1, 2]), "body"),
+        (
+            "/api/v1/sessions/chat",
+            json!({"message": "hi"}),
+            "session_id",
+        ),
+        (
+            "/api/v1/sessions/chat",
+            json!({"session_id": id, "message": ""}),
+            "message",
+        ),
+        (
+            "/api/v1/sessions/chat",
+            json!({"session_id": id}),
+            "message",
+        ),
+        (
+            "/api/v1/sessions/chat",
+            json!({"session_id": id, "message": "x".repeat(4001)}),
+            "message",
+        ),
+        (
+            "/api/v1/sessions/chat",
+            json!({"session_id": id, "message": "hi", "input_type": "video"}),
+            "input_type",
+        ),
+        (
+            "/api/v1/sessions/chat",
+            json!({"session_id": id, "message": "hi", "context": "x"}),
+            "context",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, response) = post(&server, path, body.clone()).await;
+        assert_eq!(status, 422, "{path} {body}: {response}");
+        assert_eq!(
+            keys(&response),
+            ["field", "message", "success"],
+            "{response}"
+        );
+        assert_eq!(response["success"], false);
+        assert_eq!(response["field"], field, "{path} {body}: {response}");
+        assert!(response["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // A body that is not JSON at all.
+    let response = client()
+        .post(server.http_url("/api/v1/sessions/create"))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_response(response).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("body")));
+    // Nothing of the above counted as an interaction.
+    let (_, info) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+    assert_eq!(info["session_info"]["interaction_count"], 0);
+}
+
+#[tokio::test]
+async fn unknown_sessions_are_404_in_the_seed_shape() {
+    let server = start(|_| {}).await;
+    let expected = json!({"success": false, "message": "Session non trouvée"});
+    let unknown = format!("sess_{}", uuid::Uuid::new_v4());
+    for id in [unknown.as_str(), "sess_abc123", "nope"] {
+        let (status, body) = post(
+            &server,
+            "/api/v1/sessions/chat",
+            json!({"session_id": id, "message": "hi"}),
+        )
+        .await;
+        assert_eq!((status, &body), (404, &expected), "chat {id}");
+        let (status, body) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+        assert_eq!((status, &body), (404, &expected), "info {id}");
+        let response = client()
+            .delete(server.http_url(&format!("/api/v1/sessions/delete/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            json_response(response).await,
+            (404, expected.clone()),
+            "delete {id}"
+        );
+    }
+    let (status, body) = get(&server, "/audio/response_nope.wav").await;
+    assert_eq!((status, body["success"].as_bool()), (404, Some(false)));
+}
+
+#[tokio::test]
+async fn delete_and_list() {
+    let server = start(|_| {}).await;
+    let first = session_id(&create(&server, "carol", "fr").await);
+    let second = session_id(&create(&server, "carol", "fr").await);
+    create(&server, "dave", "fr").await;
+
+    let (status, listed) = get(&server, "/api/v1/sessions/list/carol").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["success"], true);
+    assert_eq!(listed["user_id"], "carol");
+    assert_eq!(listed["total"], 2);
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
+    assert!(
+        listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["is_active"] == true && s["user_id"] == "carol")
+    );
+
+    let audio = chat(&server, &first, "Ajoute un bouton").await["response_audio"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        client()
+            .get(server.http_url(&audio))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let response = client()
+        .delete(server.http_url(&format!("/api/v1/sessions/delete/{first}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_response(response).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"success": true, "message": "Session supprimée avec succès", "session_id": first})
+    );
+    // Gone: info, chat, its audio, and the listing.
+    assert_eq!(
+        get(&server, &format!("/api/v1/sessions/info/{first}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        client()
+            .get(server.http_url(&audio))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    let (_, listed) = get(&server, "/api/v1/sessions/list/carol").await;
+    assert_eq!(listed["total"], 1);
+    let (status, listed) = get(&server, "/api/v1/sessions/list/nobody").await;
+    assert_eq!((status, listed["total"].as_u64()), (200, Some(0)));
+}
+
+fn audio_dir(server: &voxgate::testing::TestServer, wire_id: &str) -> std::path::PathBuf {
+    server
+        .data_dir()
+        .join("audio")
+        .join(wire_id.strip_prefix("sess_").unwrap())
+}
+
+#[tokio::test]
+async fn per_user_limit_evicts_the_oldest_with_its_audio() {
+    let server = start(|config| config.chat.max_sessions_per_user = 2).await;
+    let oldest = session_id(&create(&server, "erin", "fr").await);
+    let audio = chat(&server, &oldest, "Créer un formulaire de contact").await["response_audio"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        client()
+            .get(server.http_url(&audio))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    assert!(audio_dir(&server, &oldest).exists());
+
+    let middle = session_id(&create(&server, "erin", "fr").await);
+    let newest = session_id(&create(&server, "erin", "fr").await);
+    assert_eq!(
+        get(&server, &format!("/api/v1/sessions/info/{oldest}"))
+            .await
+            .0,
+        404
+    );
+    assert!(
+        !audio_dir(&server, &oldest).exists(),
+        "evicted session's audio is removed"
+    );
+    assert_eq!(
+        client()
+            .get(server.http_url(&audio))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    for id in [&middle, &newest] {
+        assert_eq!(
+            get(&server, &format!("/api/v1/sessions/info/{id}")).await.0,
+            200
+        );
+    }
+    let (_, listed) = get(&server, "/api/v1/sessions/list/erin").await;
+    assert_eq!(listed["total"], 2);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_with_their_audio() {
+    let server = start(|config| config.chat.session_ttl = Duration::from_millis(800)).await;
+    let idle = session_id(&create(&server, "frank", "fr").await);
+    let audio = chat(&server, &idle, "Ajoute un menu de navigation").await["response_audio"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        client()
+            .get(server.http_url(&audio))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let dir = audio_dir(&server, &idle);
+    assert!(dir.exists());
+
+    // A session in use stays alive past the TTL.
+    let busy = session_id(&create(&server, "frank", "fr").await);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        chat(&server, &busy, "Ajoute un bouton").await;
+    }
+    // The sweeper removed the idle one on its own (no request touched it): its audio is gone.
+    assert!(
+        eventually(Duration::from_secs(5), || !dir.exists()).await,
+        "sweeper removes expired audio"
+    );
+    assert_eq!(
+        get(&server, &format!("/api/v1/sessions/info/{idle}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get(&server, &format!("/api/v1/sessions/info/{busy}"))
+            .await
+            .0,
+        200
+    );
+}
+
+/// A loopback OpenAI-compatible server that answers every completion with a fixed JSON document per
+/// request kind: a valid intent analysis for messages mentioning "contact", prose otherwise. It records
+/// whether JSON mode was requested.
+async fn fake_llm() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    use axum::routing::post;
+    let requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let seen = requests.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let user = body["messages"]
+                    .as_array()
+                    .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(body);
+                let content = if user.contains("contact") {
+                    json!({
+                        "intent": "create_form",
+                        "entities": [{"type": "form_type", "value": "contact"}],
+                        "confidence": 0.88,
+                        "response_text": "Voici votre formulaire de contact, généré par le modèle."
+                    })
+                    .to_string()
+                } else {
+                    "Sure! I think you want some kind of menu.".to_owned()
+                };
+                axum::Json(json!({
+                    "id": "cmpl-1",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn llm_analysis_is_validated_with_the_rules_as_fallback() {
+    let (llm, requests) = fake_llm().await;
+    let server = start(|config| config.chat.llm_url = Some(format!("http://{llm}/v1"))).await;
+    let id = session_id(&create(&server, "gina", "fr").await);
+
+    // A valid model verdict is used: its text, its intent, and the generator's components.
+    let response = chat(&server, &id, "Il me faut un formulaire de contact").await;
+    assert_eq!(
+        response["response_text"],
+        "Voici votre formulaire de contact, généré par le modèle."
+    );
+    assert_eq!(response["nlp_analysis"]["intent"], "create_form");
+    assert_eq!(
+        response["nlp_analysis"]["entities"],
+        json!([{"type": "form_type", "value": "contact"}])
+    );
+    assert!((response["nlp_analysis"]["confidence"].as_f64().unwrap() - 0.88).abs() < 1e-6);
+    assert_eq!(kinds(&response), ["form"]);
+    let first = requests.lock().unwrap()[0].clone();
+    assert_eq!(
+        first["response_format"]["type"], "json_object",
+        "JSON mode requested: {first}"
+    );
+
+    // Prose instead of JSON: the rule-based classifier answers.
+    let response = chat(&server, &id, "Ajoute un menu de navigation").await;
+    assert_eq!(response["nlp_analysis"]["intent"], "create_navigation");
+    assert_eq!(
+        response["response_text"],
+        "Voici un menu de navigation avec les sections principales de votre site."
+    );
+    assert_eq!(requests.lock().unwrap().len(), 2);
+}
