@@ -131,6 +131,7 @@ pub async fn build_state(
         &config,
         Arc::clone(&metrics),
     )?);
+    voice.register_health(&health);
     let chat = Arc::new(crate::chat::ChatService::connect(&config, Arc::clone(&metrics)).await?);
     chat.register_health(&health);
     let api = Arc::new(crate::api::ApiService::new(&config)?);

@@ -1,0 +1,1101 @@
+//! The shared store suite: every case runs against SQLite (a file in a temporary directory) and PostgreSQL.
+//!
+//! PostgreSQL: `VOXGATE_TEST_DATABASE_URL` names a server to use (a role that may `CREATE DATABASE`); when it is
+//! unset, the suite starts a throwaway server with `scripts/pg-test-server` (stopped when this process exits).
+//! Each test creates its own database, so tests run in parallel. If no server can be had, the PostgreSQL tests
+//! FAIL: a skipped backend would be an untested backend.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::Connection;
+use voxgate::chat::store::StoreError;
+use voxgate::chat::*;
+
+/// A store and what keeps it alive (the temporary directory, or the database to drop).
+struct Fixture {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl Fixture {
+    async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open_sqlite(&dir.path().join("voxgate.db"))
+            .await
+            .expect("open SQLite store");
+        Fixture {
+            store,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    async fn postgres() -> Fixture {
+        let admin_url = match pg_admin_url() {
+            Ok(url) => url.clone(),
+            Err(e) => panic!("PostgreSQL backend unavailable, so its store tests fail: {e}"),
+        };
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the PostgreSQL server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        admin.close().await.ok();
+        let mut url = url::Url::parse(&admin_url).expect("PostgreSQL URL");
+        url.set_path(&format!("/{name}"));
+        let store = Store::connect(url.as_str())
+            .await
+            .expect("open PostgreSQL store");
+        assert_eq!(store.backend_name(), "postgres");
+        Fixture {
+            store,
+            _dir: None,
+            pg: Some((admin_url, name)),
+        }
+    }
+
+    /// Drops a PostgreSQL test database (a throwaway server would be removed anyway; a shared one would not).
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some((admin_url, name)) = self.pg
+            && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// The URL of a PostgreSQL server for this test process: from the environment, or a throwaway one.
+fn pg_admin_url() -> Result<&'static String, &'static String> {
+    static URL: OnceLock<Result<String, String>> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("VOXGATE_TEST_DATABASE_URL") {
+            return Ok(url);
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-test-server");
+        let output = std::process::Command::new(script)
+            .args(["start", "--watch-pid", &std::process::id().to_string()])
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{script} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("DATABASE_URL=").map(str::to_owned))
+            .ok_or_else(|| format!("{script} printed no DATABASE_URL"))
+    })
+    .as_ref()
+}
+
+/// Runs each case against both backends: `sqlite::<case>` and `postgres::<case>`.
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::Fixture::sqlite().await;
+                    super::cases::$case(&fixture.store).await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::Fixture::postgres().await;
+                    super::cases::$case(&fixture.store).await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    ping_and_users,
+    conversations_crud,
+    conversation_listing_filters_and_pages,
+    messages_append_and_count,
+    message_pages_with_cursors,
+    sessions_lifecycle,
+    sessions_limits_and_expiry,
+    documents_and_chunks,
+    ratings,
+    attachments,
+    records,
+    concurrent_appends_lose_nothing,
+);
+
+fn conversation(owner: &str, kind: &str, scope: &str, title: &str) -> NewConversation {
+    NewConversation {
+        owner: owner.into(),
+        kind: kind.into(),
+        scope: scope.into(),
+        title: title.into(),
+        metadata: json!({}),
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn ping_and_users(store: &Store) {
+        store.ping().await.unwrap();
+        assert!(store.get_user("u1").await.unwrap().is_none());
+        let created = store
+            .upsert_user("u1", Some("Ada"), Some(&json!({"lang": "fr"})))
+            .await
+            .unwrap();
+        assert_eq!(created.display_name.as_deref(), Some("Ada"));
+        assert_eq!(created.metadata, json!({"lang": "fr"}));
+        // Neither name nor metadata given: both kept, last_seen refreshed.
+        let seen = store.upsert_user("u1", None, None).await.unwrap();
+        assert_eq!(seen.display_name.as_deref(), Some("Ada"));
+        assert_eq!(seen.metadata, json!({"lang": "fr"}));
+        assert_eq!(seen.created_at, created.created_at);
+        assert!(seen.last_seen_at >= created.last_seen_at);
+        let replaced = store
+            .upsert_user("u1", Some("Ada L."), Some(&json!({"lang": "en"})))
+            .await
+            .unwrap();
+        assert_eq!(replaced.metadata, json!({"lang": "en"}));
+        assert_eq!(store.get_user("u1").await.unwrap(), Some(replaced));
+    }
+
+    pub async fn conversations_crud(store: &Store) {
+        let mut new = conversation("alice", "portfolio", "", "Analyse du portefeuille PME");
+        new.metadata = json!({"portfolioId": "port456", "companyId": "comp789", "n": 3});
+        let created = store.create_conversation(&new).await.unwrap();
+        assert_eq!(created.owner, "alice");
+        assert_eq!(created.message_count, 0);
+        assert_eq!(created.created_at, created.updated_at);
+        assert_eq!(
+            uuid::Uuid::parse_str(&created.id)
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+        assert_eq!(
+            store.get_conversation(&created.id).await.unwrap(),
+            Some(created.clone())
+        );
+        assert!(store.get_conversation("missing").await.unwrap().is_none());
+
+        // Merge: keys set, null removes, others kept.
+        let mut patch = serde_json::Map::new();
+        patch.insert("priority".into(), json!("high"));
+        patch.insert("companyId".into(), json!(null));
+        let update = ConversationUpdate {
+            title: Some("Analyse approfondie".into()),
+            metadata: Some(MetadataUpdate::Merge(patch)),
+        };
+        let updated = store
+            .update_conversation(&created.id, &update)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.title, "Analyse approfondie");
+        assert_eq!(
+            updated.metadata,
+            json!({"portfolioId": "port456", "n": 3, "priority": "high"})
+        );
+        assert!(updated.updated_at >= created.updated_at);
+        assert_eq!(updated.created_at, created.created_at);
+        // Title alone leaves metadata; Replace replaces.
+        let renamed = store
+            .update_conversation(
+                &created.id,
+                &ConversationUpdate {
+                    title: Some("T".into()),
+                    metadata: None,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(renamed.metadata, updated.metadata);
+        let replaced = store
+            .update_conversation(
+                &created.id,
+                &ConversationUpdate {
+                    title: None,
+                    metadata: Some(MetadataUpdate::Replace(json!({"a": 1}))),
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (replaced.title.as_str(), &replaced.metadata),
+            ("T", &json!({"a": 1}))
+        );
+        assert!(
+            store
+                .update_conversation("missing", &update)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Delete cascades to messages.
+        let message = store
+            .append_message(&created.id, &NewMessage::new(Role::User, "hi"))
+            .await
+            .unwrap();
+        assert!(store.delete_conversation(&created.id).await.unwrap());
+        assert!(!store.delete_conversation(&created.id).await.unwrap());
+        assert!(store.get_conversation(&created.id).await.unwrap().is_none());
+        assert!(store.get_message(&message.id).await.unwrap().is_none());
+        assert_eq!(store.count_messages(&created.id).await.unwrap(), 0);
+    }
+
+    pub async fn conversation_listing_filters_and_pages(store: &Store) {
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let scope = if i % 2 == 0 { "bot-a" } else { "bot-b" };
+            let mut new = conversation(
+                "alice",
+                "chatbot",
+                scope,
+                &format!("Chat {i} about 100%_sure things"),
+            );
+            new.metadata = json!({"portfolioId": format!("p{}", i % 3), "rank": i});
+            ids.push(store.create_conversation(&new).await.unwrap().id);
+            // Distinct creation times make the expected order unambiguous.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        store
+            .create_conversation(&conversation("bob", "chatbot", "bot-a", "Bob's"))
+            .await
+            .unwrap();
+        store
+            .create_conversation(&conversation("alice", "lyra", "", "Other surface"))
+            .await
+            .unwrap();
+
+        let mut query = ConversationQuery::by_owner("alice");
+        query.kind = Some("chatbot".into());
+        let all = store.list_conversations(&query).await.unwrap();
+        assert_eq!(all.total, 7);
+        assert!(!all.has_more);
+        let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+        assert_eq!(
+            all.items.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            newest_first
+        );
+
+        // Keyset pages of 3 walk the whole list exactly once.
+        let mut walked = Vec::new();
+        let mut page_query = query.clone();
+        page_query.limit = 3;
+        loop {
+            let page = store.list_conversations(&page_query).await.unwrap();
+            assert_eq!(page.total, 7);
+            walked.extend(page.items.iter().map(|c| c.id.clone()));
+            match page.next_cursor {
+                Some(cursor) => {
+                    assert!(page.has_more);
+                    page_query.before = Some(cursor);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(walked, newest_first);
+
+        // Offset paging.
+        let mut offset_query = query.clone();
+        offset_query.offset = 5;
+        offset_query.limit = 10;
+        let tail = store.list_conversations(&offset_query).await.unwrap();
+        assert_eq!(
+            tail.items.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            newest_first[5..]
+        );
+
+        // Scope, metadata (string and number) and search filters.
+        let mut scoped = query.clone();
+        scoped.scope = Some("bot-b".into());
+        assert_eq!(store.list_conversations(&scoped).await.unwrap().total, 3);
+        let mut by_meta = query.clone();
+        by_meta.metadata_eq = vec![("portfolioId".into(), "p1".into())];
+        let found = store.list_conversations(&by_meta).await.unwrap();
+        assert_eq!(found.total, 2, "{found:?}");
+        by_meta.metadata_eq.push(("rank".into(), "4".into()));
+        let found = store.list_conversations(&by_meta).await.unwrap();
+        assert_eq!(found.items.len(), 1);
+        assert_eq!(found.items[0].id, ids[4]);
+        let mut search = ConversationQuery::by_owner("alice");
+        search.search = Some("CHAT 3".into());
+        assert_eq!(store.list_conversations(&search).await.unwrap().total, 1);
+        search.search = Some("100%_sure".into());
+        assert_eq!(store.list_conversations(&search).await.unwrap().total, 7);
+        search.search = Some("100%%".into());
+        assert_eq!(
+            store.list_conversations(&search).await.unwrap().total,
+            0,
+            "% must match literally"
+        );
+
+        // A cursor of someone else's conversation is refused.
+        let mut bad = query.clone();
+        bad.before = Some("not-a-conversation".into());
+        assert!(matches!(
+            store.list_conversations(&bad).await,
+            Err(StoreError::InvalidCursor { .. })
+        ));
+    }
+
+    pub async fn messages_append_and_count(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "chatbot", "a", ""))
+            .await
+            .unwrap();
+        let mut new = NewMessage::new(Role::Assistant, "Bonjour ! ✓");
+        new.metadata = json!({"model": "voxgate-local"});
+        new.prompt_tokens = 12;
+        new.completion_tokens = 5;
+        let stored = store.append_message(&conv.id, &new).await.unwrap();
+        assert_eq!(stored.conversation_id, conv.id);
+        assert_eq!(stored.role, Role::Assistant);
+        assert_eq!(stored.content, "Bonjour ! ✓");
+        assert_eq!(stored.metadata, json!({"model": "voxgate-local"}));
+        assert_eq!((stored.prompt_tokens, stored.completion_tokens), (12, 5));
+        assert_eq!(
+            store.get_message(&stored.id).await.unwrap(),
+            Some(stored.clone())
+        );
+
+        for (i, role) in [Role::User, Role::System, Role::Tool]
+            .into_iter()
+            .enumerate()
+        {
+            let m = store
+                .append_message(&conv.id, &NewMessage::new(role, format!("m{i}")))
+                .await
+                .unwrap();
+            assert!(m.seq > stored.seq);
+            assert_eq!(m.role, role);
+            assert!(m.metadata.is_object());
+        }
+        assert_eq!(store.count_messages(&conv.id).await.unwrap(), 4);
+        let after = store.get_conversation(&conv.id).await.unwrap().unwrap();
+        assert_eq!(after.message_count, 4);
+        assert!(after.updated_at >= stored.created_at);
+
+        let recent = store.recent_messages(&conv.id, 2).await.unwrap();
+        assert_eq!(
+            recent
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>(),
+            ["m1", "m2"]
+        );
+
+        // A question and its answer in one transaction.
+        let pair = store
+            .append_messages(
+                &conv.id,
+                &[
+                    NewMessage::new(Role::User, "q"),
+                    NewMessage::new(Role::Assistant, "a"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(pair.len(), 2);
+        assert!(pair[0].seq < pair[1].seq);
+        assert_eq!((pair[0].role, pair[1].role), (Role::User, Role::Assistant));
+        assert_eq!(
+            store.get_message(&pair[1].id).await.unwrap().as_ref(),
+            Some(&pair[1])
+        );
+        assert_eq!(
+            store
+                .get_conversation(&conv.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .message_count,
+            6
+        );
+        assert!(
+            store
+                .append_messages(&conv.id, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let none = store
+            .append_messages("no-such-conversation", &[NewMessage::new(Role::User, "x")])
+            .await;
+        assert!(matches!(none, Err(StoreError::NotFound { .. })), "{none:?}");
+
+        let missing = store
+            .append_message("no-such-conversation", &NewMessage::new(Role::User, "x"))
+            .await;
+        assert!(
+            matches!(
+                missing,
+                Err(StoreError::NotFound {
+                    what: "conversation"
+                })
+            ),
+            "{missing:?}"
+        );
+    }
+
+    pub async fn message_pages_with_cursors(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "portfolio", "", ""))
+            .await
+            .unwrap();
+        let other = store
+            .create_conversation(&conversation("alice", "portfolio", "", ""))
+            .await
+            .unwrap();
+        let foreign = store
+            .append_message(&other.id, &NewMessage::new(Role::User, "elsewhere"))
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(
+                store
+                    .append_message(&conv.id, &NewMessage::new(Role::User, format!("m{i}")))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let ids_of =
+            |page: &Page<Message>| page.items.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+
+        // Oldest first, following `after` cursors.
+        let mut query = MessageQuery {
+            limit: 3,
+            ..Default::default()
+        };
+        let first = store.list_messages(&conv.id, &query).await.unwrap();
+        assert_eq!(ids_of(&first), ids[0..3]);
+        assert!(first.has_more);
+        assert_eq!(first.next_cursor.as_deref(), Some(ids[2].as_str()));
+        query.after = first.next_cursor.clone();
+        let second = store.list_messages(&conv.id, &query).await.unwrap();
+        assert_eq!(ids_of(&second), ids[3..6]);
+        query.after = second.next_cursor.clone();
+        let third = store.list_messages(&conv.id, &query).await.unwrap();
+        assert_eq!(ids_of(&third), ids[6..7]);
+        assert!(!third.has_more);
+        assert_eq!(third.next_cursor, None);
+
+        // Newest first, following `before` cursors.
+        let mut query = MessageQuery {
+            limit: 4,
+            order: Order::Desc,
+            ..Default::default()
+        };
+        let page = store.list_messages(&conv.id, &query).await.unwrap();
+        assert_eq!(
+            ids_of(&page),
+            ["6", "5", "4", "3"].map(|i| ids[i.parse::<usize>().unwrap()].clone())
+        );
+        query.before = page.next_cursor.clone();
+        let page = store.list_messages(&conv.id, &query).await.unwrap();
+        assert_eq!(
+            ids_of(&page),
+            [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        );
+        assert!(!page.has_more);
+
+        // Both bounds, and offset paging.
+        let window = MessageQuery {
+            after: Some(ids[1].clone()),
+            before: Some(ids[5].clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            ids_of(&store.list_messages(&conv.id, &window).await.unwrap()),
+            ids[2..5]
+        );
+        let offset = MessageQuery {
+            offset: 5,
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            ids_of(&store.list_messages(&conv.id, &offset).await.unwrap()),
+            ids[5..7]
+        );
+
+        // A cursor from another conversation, or unknown, is refused rather than silently ignored.
+        for cursor in [foreign.id.clone(), "nope".to_owned()] {
+            let bad = MessageQuery {
+                before: Some(cursor),
+                ..Default::default()
+            };
+            assert!(matches!(
+                store.list_messages(&conv.id, &bad).await,
+                Err(StoreError::InvalidCursor { .. })
+            ));
+        }
+        // Limits are clamped, not rejected.
+        let zero = MessageQuery {
+            limit: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .list_messages(&conv.id, &zero)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+    }
+
+    pub async fn sessions_lifecycle(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "chatbot", "bot", ""))
+            .await
+            .unwrap();
+        let new = NewSession {
+            kind: "chatbot".into(),
+            scope: "bot".into(),
+            user_id: "alice".into(),
+            conversation_id: Some(conv.id.clone()),
+            ttl: Some(Duration::from_secs(600)),
+            metadata: json!({"chatbot_id": "bot"}),
+            close_others_in_scope: true,
+        };
+        let first = store.create_session(&new).await.unwrap();
+        assert!(first.active);
+        assert_eq!(first.interaction_count, 0);
+        assert_eq!(first.created_at, first.last_activity);
+        assert_eq!(
+            first.expires_at,
+            Some(first.created_at + chrono::Duration::seconds(600))
+        );
+        assert_eq!(first.metadata, json!({"chatbot_id": "bot"}));
+        assert_eq!(
+            store.get_session(&first.id).await.unwrap(),
+            Some(first.clone())
+        );
+
+        let touched = store
+            .touch_session(&first.id, Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(touched.interaction_count, 1);
+        assert!(touched.last_activity >= first.last_activity);
+        assert_eq!(
+            touched.expires_at,
+            Some(touched.last_activity + chrono::Duration::seconds(60))
+        );
+        let touched = store.touch_session(&first.id, None).await.unwrap().unwrap();
+        assert_eq!(touched.interaction_count, 2);
+        assert!(touched.expires_at.is_some(), "no ttl keeps the expiry");
+
+        let with_meta = store
+            .set_session_metadata(&first.id, &json!({"k": 1}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(with_meta.metadata, json!({"k": 1}));
+
+        // A second session in the same scope closes the first; another scope does not.
+        let second = store.create_session(&new).await.unwrap();
+        let first_now = store.get_session(&first.id).await.unwrap().unwrap();
+        assert!(!first_now.active);
+        assert!(first_now.closed_at.is_some());
+        let other_scope = store
+            .create_session(&NewSession {
+                scope: "bot-2".into(),
+                ..new.clone()
+            })
+            .await
+            .unwrap();
+        assert!(store.get_session(&second.id).await.unwrap().unwrap().active);
+
+        // Closed sessions cannot be touched; closing twice reports it.
+        assert!(
+            store
+                .touch_session(&first.id, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.close_session(&second.id).await.unwrap());
+        assert!(!store.close_session(&second.id).await.unwrap());
+
+        assert_eq!(store.count_active_sessions().await.unwrap(), 1);
+        let active = store
+            .list_sessions("alice", Some("chatbot"), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            active.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [other_scope.id.as_str()]
+        );
+        let all = store.list_sessions("alice", None, false).await.unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].id, other_scope.id, "newest first");
+        assert!(
+            store
+                .list_sessions("alice", Some("lyra"), false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A session's conversation may be deleted; the session stays, detached.
+        store.delete_conversation(&conv.id).await.unwrap();
+        assert_eq!(
+            store
+                .get_session(&other_scope.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .conversation_id,
+            None
+        );
+        let dangling = store
+            .create_session(&NewSession {
+                conversation_id: Some("missing".into()),
+                ..new.clone()
+            })
+            .await;
+        assert!(
+            matches!(dangling, Err(StoreError::NotFound { .. })),
+            "{dangling:?}"
+        );
+
+        assert!(store.delete_session(&first.id).await.unwrap());
+        assert!(!store.delete_session(&first.id).await.unwrap());
+        assert!(store.get_session(&first.id).await.unwrap().is_none());
+    }
+
+    pub async fn sessions_limits_and_expiry(store: &Store) {
+        let base = NewSession {
+            kind: "intentlayer".into(),
+            user_id: "u".into(),
+            ttl: Some(Duration::from_secs(1800)),
+            metadata: json!({}),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(store.create_session(&base).await.unwrap().id);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let no_ttl = store
+            .create_session(&NewSession {
+                kind: "lyra".into(),
+                ttl: None,
+                ..base.clone()
+            })
+            .await
+            .unwrap();
+
+        let mut closed = store
+            .close_oldest_over_limit("u", "intentlayer", 3)
+            .await
+            .unwrap();
+        closed.sort();
+        let mut oldest = ids[0..2].to_vec();
+        oldest.sort();
+        assert_eq!(closed, oldest);
+        assert!(
+            store
+                .close_oldest_over_limit("u", "intentlayer", 3)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .list_sessions("u", Some("intentlayer"), true)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(
+            store.get_session(&no_ttl.id).await.unwrap().unwrap().active,
+            "other kinds untouched"
+        );
+
+        // Nothing is idle yet; an hour later the three live TTL sessions expire, the TTL-less one does not.
+        assert!(
+            store
+                .expire_idle_sessions(Utc::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let expired = store
+            .expire_idle_sessions(Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap();
+        let mut expired_ids: Vec<String> = expired.iter().map(|s| s.id.clone()).collect();
+        expired_ids.sort();
+        let mut live = ids[2..5].to_vec();
+        live.sort();
+        assert_eq!(expired_ids, live);
+        assert!(expired.iter().all(|s| !s.active && s.closed_at.is_some()));
+        assert!(store.get_session(&no_ttl.id).await.unwrap().unwrap().active);
+    }
+
+    pub async fn documents_and_chunks(store: &Store) {
+        let long: String = (0..300)
+            .map(|i| format!("sentence {i} about invoices. "))
+            .collect();
+        let filter = DocumentFilter {
+            scope: "bot".into(),
+            owner: Some("alice".into()),
+        };
+        let empty = store.documents_fingerprint(&filter).await.unwrap();
+        assert_eq!(empty.0, 0);
+        let doc = store
+            .add_document(&NewDocument {
+                owner: "alice".into(),
+                scope: "bot".into(),
+                title: "Invoices".into(),
+                mime: "text/plain".into(),
+                content: long.clone(),
+                size_bytes: long.len() as i64,
+                metadata: json!({"source": "upload"}),
+            })
+            .await
+            .unwrap();
+        assert!(doc.chunk_count > 1);
+        let shared = store
+            .add_document(&NewDocument {
+                owner: String::new(),
+                scope: "bot".into(),
+                title: "Opening hours".into(),
+                mime: "text/plain".into(),
+                content: "We open at nine.".into(),
+                size_bytes: 16,
+                metadata: json!({}),
+            })
+            .await
+            .unwrap();
+        let bobs = store
+            .add_document(&NewDocument {
+                owner: "bob".into(),
+                scope: "bot".into(),
+                title: "Bob's notes".into(),
+                mime: "text/plain".into(),
+                content: "private".into(),
+                size_bytes: 7,
+                metadata: json!({}),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_document(&doc.id).await.unwrap(),
+            Some(doc.clone())
+        );
+
+        let visible = store.list_documents(&filter).await.unwrap();
+        assert_eq!(
+            visible.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            [doc.id.clone(), shared.id.clone()]
+        );
+        let everything = DocumentFilter {
+            scope: "bot".into(),
+            owner: None,
+        };
+        assert_eq!(store.list_documents(&everything).await.unwrap().len(), 3);
+        assert!(
+            store
+                .list_documents(&DocumentFilter {
+                    scope: "x".into(),
+                    owner: None
+                })
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let chunks = store.document_chunks(&filter).await.unwrap();
+        assert_eq!(chunks.len() as i64, doc.chunk_count + 1);
+        assert!(
+            chunks[..doc.chunk_count as usize]
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.index == i as i64
+                    && c.document_id == doc.id
+                    && c.document_title == "Invoices")
+        );
+        assert_eq!(chunks.last().unwrap().text, "We open at nine.");
+
+        let before = store.documents_fingerprint(&filter).await.unwrap();
+        assert_eq!(before.0, 2);
+        assert!(store.delete_document(&shared.id).await.unwrap());
+        assert!(!store.delete_document(&shared.id).await.unwrap());
+        assert_ne!(store.documents_fingerprint(&filter).await.unwrap(), before);
+        assert_eq!(
+            store.document_chunks(&filter).await.unwrap().len() as i64,
+            doc.chunk_count
+        );
+        assert!(store.delete_document(&bobs.id).await.unwrap());
+    }
+
+    pub async fn ratings(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "portfolio", "", ""))
+            .await
+            .unwrap();
+        let msg = store
+            .append_message(&conv.id, &NewMessage::new(Role::Assistant, "answer"))
+            .await
+            .unwrap();
+        let first = store
+            .upsert_rating(&msg.id, "alice", 4, Some("utile"))
+            .await
+            .unwrap();
+        assert_eq!((first.score, first.comment.as_deref()), (4, Some("utile")));
+        let again = store
+            .upsert_rating(&msg.id, "alice", 2, None)
+            .await
+            .unwrap();
+        assert_eq!(again.id, first.id, "one rating per user and message");
+        assert_eq!((again.score, again.comment.as_deref()), (2, None));
+        assert_eq!(again.created_at, first.created_at);
+        store.upsert_rating(&msg.id, "bob", 5, None).await.unwrap();
+        assert_eq!(
+            store.get_rating(&msg.id, "alice").await.unwrap(),
+            Some(again)
+        );
+        assert_eq!(store.list_ratings(&msg.id).await.unwrap().len(), 2);
+        assert!(store.get_rating(&msg.id, "carol").await.unwrap().is_none());
+        let missing = store.upsert_rating("no-message", "alice", 1, None).await;
+        assert!(
+            matches!(missing, Err(StoreError::NotFound { what: "message" })),
+            "{missing:?}"
+        );
+    }
+
+    pub async fn attachments(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "portfolio", "", ""))
+            .await
+            .unwrap();
+        let other = store
+            .create_conversation(&conversation("alice", "portfolio", "", ""))
+            .await
+            .unwrap();
+        let msg = store
+            .append_message(&conv.id, &NewMessage::new(Role::User, "see attached"))
+            .await
+            .unwrap();
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let new = NewAttachment {
+            conversation_id: conv.id.clone(),
+            message_id: Some(msg.id.clone()),
+            owner: "alice".into(),
+            filename: "rapport_analyse.pdf".into(),
+            mime: "application/pdf".into(),
+            data: bytes.clone(),
+        };
+        let att = store.add_attachment(&new).await.unwrap();
+        assert_eq!(att.size_bytes, 70_000);
+        assert_eq!(
+            store.get_attachment(&att.id).await.unwrap(),
+            Some(att.clone())
+        );
+        let (meta, data) = store.get_attachment_data(&att.id).await.unwrap().unwrap();
+        assert_eq!(meta, att);
+        assert_eq!(data, bytes);
+        assert_eq!(
+            store.list_attachments(&msg.id).await.unwrap(),
+            vec![att.clone()]
+        );
+
+        let wrong_conversation = NewAttachment {
+            conversation_id: other.id.clone(),
+            ..new.clone()
+        };
+        assert!(matches!(
+            store.add_attachment(&wrong_conversation).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let no_conversation = NewAttachment {
+            conversation_id: "missing".into(),
+            message_id: None,
+            ..new.clone()
+        };
+        assert!(matches!(
+            store.add_attachment(&no_conversation).await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        let loose = store
+            .add_attachment(&NewAttachment {
+                message_id: None,
+                ..new.clone()
+            })
+            .await
+            .unwrap();
+        assert!(store.delete_attachment(&att.id).await.unwrap());
+        assert!(!store.delete_attachment(&att.id).await.unwrap());
+        assert!(store.get_attachment_data(&att.id).await.unwrap().is_none());
+        store.delete_conversation(&conv.id).await.unwrap();
+        assert!(
+            store.get_attachment(&loose.id).await.unwrap().is_none(),
+            "deleted with the conversation"
+        );
+    }
+
+    pub async fn records(store: &Store) {
+        assert!(
+            store
+                .get_record("profiles", "balanced")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store
+            .put_record("profiles", "balanced", &json!({"p1": [0.3, 0.1]}))
+            .await
+            .unwrap();
+        store
+            .put_record("profiles", "aggressive", &json!({"p1": [0.6, 0.2]}))
+            .await
+            .unwrap();
+        store
+            .put_record("profiles", "balanced", &json!({"p1": [0.4, 0.1]}))
+            .await
+            .unwrap();
+        store
+            .put_record("other", "balanced", &json!(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_record("profiles", "balanced").await.unwrap(),
+            Some(json!({"p1": [0.4, 0.1]}))
+        );
+        let keys: Vec<String> = store
+            .list_records("profiles")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["aggressive", "balanced"]);
+        assert!(store.delete_record("profiles", "balanced").await.unwrap());
+        assert!(!store.delete_record("profiles", "balanced").await.unwrap());
+        assert_eq!(
+            store.get_record("other", "balanced").await.unwrap(),
+            Some(json!(1))
+        );
+    }
+
+    /// Writers on several pool connections at once: every append is kept, with distinct, ordered positions.
+    pub async fn concurrent_appends_lose_nothing(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "chatbot", "a", ""))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for writer in 0..4 {
+            let store = store.clone();
+            let id = conv.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..25 {
+                    let m = store
+                        .append_message(
+                            &id,
+                            &NewMessage::new(Role::User, format!("w{writer} m{i}")),
+                        )
+                        .await;
+                    seqs.push(m.expect("append under contention").seq);
+                }
+                seqs
+            }));
+        }
+        let mut seqs = Vec::new();
+        for task in tasks {
+            let mine = task.await.unwrap();
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "one writer's messages stay in order"
+            );
+            seqs.extend(mine);
+        }
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 100);
+        assert_eq!(store.count_messages(&conv.id).await.unwrap(), 100);
+        assert_eq!(
+            store
+                .get_conversation(&conv.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .message_count,
+            100
+        );
+    }
+}
+
+/// SQLite only: what was committed is there after the store is closed and opened again (migrations re-run
+/// as a no-op).
+#[tokio::test]
+async fn sqlite_reopen_keeps_committed_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/voxgate.db");
+    let store = Store::open_sqlite(&path).await.unwrap();
+    let conv = store
+        .create_conversation(&conversation("alice", "chatbot", "a", "kept"))
+        .await
+        .unwrap();
+    let msg = store
+        .append_message(&conv.id, &NewMessage::new(Role::User, "durable"))
+        .await
+        .unwrap();
+    store.close().await;
+    let reopened = Store::open_sqlite(&path).await.unwrap();
+    assert_eq!(reopened.get_message(&msg.id).await.unwrap(), Some(msg));
+    assert_eq!(
+        reopened
+            .get_conversation(&conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .title,
+        "kept"
+    );
+    // The same file through a URL, as `--database-url sqlite://…` gives it.
+    reopened.close().await;
+    let by_url = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(by_url.count_messages(&conv.id).await.unwrap(), 1);
+    assert!(matches!(
+        Store::connect("mysql://x").await,
+        Err(StoreError::Invalid { .. })
+    ));
+}
