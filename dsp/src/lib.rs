@@ -9,7 +9,8 @@
 //! - [`pcm`]: PCM16 little-endian bytes <-> f32, stereo -> mono; SIMD with runtime dispatch.
 //! - [`resample`]: streaming resampler between the telephony and studio rates.
 //! - [`codec`]: Opus and G.711 (mu-law, A-law).
-//! - [`ring`]: lock-free SPSC audio ring; [`jitter`]: the jitter buffer on top of it.
+//! - [`ring`]: lock-free SPSC audio ring; [`jitter`]: jitter buffer for sequenced frames (reorder,
+//!   dedup, concealment, playout pacing by the caller).
 //! - [`vad`]: voice-activity detection with OpenAI `server_vad` parameters.
 //! - [`b64`]: base64 for audio payloads.
 //! - [`wav`]: WAV read and write.
