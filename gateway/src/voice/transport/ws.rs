@@ -166,7 +166,9 @@ async fn read_loop(
         };
         match tx.try_send(inbound) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if outbox.is_closing() => return,
+            Err(mpsc::error::TrySendError::Full(_)) if outbox.is_closing() => {
+                return drain_until_close(&mut stream).await;
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // The session cannot keep up with this client: it sends faster than any microphone.
                 metrics.dropped_flood.inc();
@@ -176,9 +178,20 @@ async fn read_loop(
                 .to_json();
                 let _ = outbox.push_control(message);
                 outbox.close_now(CLOSE_POLICY, "input flood".to_owned());
-                return;
+                return drain_until_close(&mut stream).await;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Reads and discards what the client still sends until its close reply (the caller bounds the wait with
+/// `limits.close_timeout`). Dropping a TCP socket with unread input makes the kernel answer with a reset,
+/// which destroys the close frame just queued: a flooding client would see 1006 instead of 1008.
+async fn drain_until_close(stream: &mut SplitStream<WebSocket>) {
+    while let Some(Ok(message)) = stream.next().await {
+        if matches!(message, Message::Close(_)) {
+            return;
         }
     }
 }
