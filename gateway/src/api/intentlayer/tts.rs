@@ -356,30 +356,10 @@ pub fn tone_wav() -> Vec<u8> {
             0.25 * edge * (2.0 * std::f32::consts::PI * freq * t).sin()
         })
         .collect();
-    pcm16_wav(&samples, TONE_SAMPLE_RATE)
-}
-
-/// Mono PCM16 WAV bytes for `samples` in [-1, 1].
-fn pcm16_wav(samples: &[f32], sample_rate: u32) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + samples.len() * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&sample_rate.to_le_bytes());
-    out.extend_from_slice(&(sample_rate * 2).to_le_bytes()); // byte rate
-    out.extend_from_slice(&2u16.to_le_bytes()); // block align
-    out.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
-    for &sample in samples {
-        let value = (sample.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    out
+    // The rate is a non-zero constant and 0.6 s is far from WAV's 4 GiB limit: the only errors
+    // `to_wav_bytes` has cannot happen here.
+    voxgate_dsp::wav::to_wav_bytes(TONE_SAMPLE_RATE, &samples)
+        .expect("a 0.6 s tone at a fixed non-zero rate is a valid WAV")
 }
 
 #[cfg(test)]
