@@ -141,6 +141,7 @@ both_backends!(
     attachments,
     records,
     concurrent_appends_lose_nothing,
+    record_turn_is_one_atomic_write,
 );
 
 fn conversation(owner: &str, kind: &str, scope: &str, title: &str) -> NewConversation {
@@ -1013,6 +1014,154 @@ mod cases {
     }
 
     /// Writers on several pool connections at once: every append is kept, with distinct, ordered positions.
+    /// A chat turn (session touch + question + answer) is one transaction: all of it or nothing.
+    pub async fn record_turn_is_one_atomic_write(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("alice", "intentlayer", "", ""))
+            .await
+            .unwrap();
+        let new = NewSession {
+            kind: "intentlayer".into(),
+            scope: String::new(),
+            user_id: "alice".into(),
+            conversation_id: Some(conv.id.clone()),
+            ttl: Some(Duration::from_secs(600)),
+            metadata: json!({}),
+            close_others_in_scope: false,
+        };
+        let session = store.create_session(&new).await.unwrap();
+        let turn = |text: &'static str| {
+            move |touched: &Session| {
+                let mut answer = NewMessage::new(Role::Assistant, format!("re: {text}"));
+                answer.metadata = json!({"interaction": touched.interaction_count});
+                vec![NewMessage::new(Role::User, text), answer]
+            }
+        };
+
+        let (touched, stored) = store
+            .record_turn(&session.id, Some(Duration::from_secs(60)), turn("q1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(touched.interaction_count, 1);
+        assert_eq!(
+            touched.expires_at,
+            Some(touched.last_activity + chrono::Duration::seconds(60))
+        );
+        assert_eq!(
+            store.get_session(&session.id).await.unwrap(),
+            Some(touched.clone())
+        );
+        assert_eq!(stored.len(), 2);
+        assert_eq!(
+            (stored[0].role, stored[0].content.as_str()),
+            (Role::User, "q1")
+        );
+        assert_eq!(
+            (stored[1].role, stored[1].content.as_str()),
+            (Role::Assistant, "re: q1")
+        );
+        assert!(stored[1].seq > stored[0].seq);
+        assert_eq!(
+            stored[1].metadata,
+            json!({"interaction": 1}),
+            "built from the touched session"
+        );
+        assert_eq!(
+            store.get_message(&stored[1].id).await.unwrap(),
+            Some(stored[1].clone())
+        );
+        let after = store.get_conversation(&conv.id).await.unwrap().unwrap();
+        assert_eq!(after.message_count, 2);
+
+        // Concurrent turns on one session are serialised: distinct counts, every message kept.
+        let turns: Vec<_> = (0..12)
+            .map(|_| {
+                let store = store.clone();
+                let id = session.id.clone();
+                tokio::spawn(async move {
+                    store
+                        .record_turn(&id, None, turn("q"))
+                        .await
+                        .unwrap()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut counts = Vec::new();
+        for handle in turns {
+            let (touched, stored) = handle.await.unwrap();
+            assert_eq!(
+                stored[1].metadata,
+                json!({"interaction": touched.interaction_count})
+            );
+            counts.push(touched.interaction_count);
+        }
+        counts.sort_unstable();
+        assert_eq!(counts, (2..=13).collect::<Vec<i64>>());
+        assert_eq!(store.count_messages(&conv.id).await.unwrap(), 26);
+
+        // A session without a conversation: an error, and the touch is rolled back.
+        let bare = store
+            .create_session(&NewSession {
+                conversation_id: None,
+                ..new.clone()
+            })
+            .await
+            .unwrap();
+        let err = store
+            .record_turn(&bare.id, None, turn("lost"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    what: "conversation"
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            store
+                .get_session(&bare.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .interaction_count,
+            0
+        );
+
+        // A closed or unknown session: `None`, the messages are never built, nothing is written.
+        assert!(store.close_session(&session.id).await.unwrap());
+        let never =
+            |_: &Session| -> Vec<NewMessage> { panic!("messages built for a closed session") };
+        assert!(
+            store
+                .record_turn(&session.id, None, never)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .record_turn("no-such-session", None, never)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.count_messages(&conv.id).await.unwrap(), 26);
+        assert_eq!(
+            store
+                .get_session(&session.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .interaction_count,
+            13
+        );
+    }
+
     pub async fn concurrent_appends_lose_nothing(store: &Store) {
         let conv = store
             .create_conversation(&conversation("alice", "chatbot", "a", ""))

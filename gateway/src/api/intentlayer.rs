@@ -40,7 +40,7 @@ use self::audio::{AudioError, AudioStore};
 use self::classifier::{Analysis, Entity, Language};
 use self::components::UiComponent;
 use super::timestamp;
-use crate::chat::{NewConversation, NewMessage, NewSession, Role, Session, StoreError};
+use crate::chat::{Message, NewConversation, NewMessage, NewSession, Role, Session, StoreError};
 use crate::config::Config;
 use crate::state::AppState;
 
@@ -480,17 +480,38 @@ async fn interact(
     let response_text = response_text
         .unwrap_or_else(|| components::response_text(&analysis, &ui_components, language));
 
-    let store = state.chat.store();
     let service = &state.api.intentlayer;
-    let touched = store
-        .touch_session(&session.id, Some(service.ttl))
+    let mut question = NewMessage::new(Role::User, message);
+    question.metadata = serde_json::json!({ "input_type": "text", "context": context });
+    let answer_metadata = serde_json::json!({
+        "intent": analysis.intent.as_str(),
+        "entities": analysis.entities,
+        "confidence": analysis.confidence,
+        "ui_components": ui_components,
+    });
+    // The turn (session touch, question, answer) is ONE transaction: one commit per chat POST. The answer's
+    // audio is named after the touched session's interaction count, so its metadata is built inside it.
+    let (touched, stored) = state
+        .chat
+        .store()
+        .record_turn(&session.id, Some(service.ttl), |touched| {
+            let mut metadata = answer_metadata;
+            metadata["response_audio"] = Value::String(audio::url(&audio::file_name(
+                &touched.id,
+                touched.interaction_count,
+            )));
+            let mut answer = NewMessage::new(Role::Assistant, response_text.clone());
+            answer.metadata = metadata;
+            vec![question, answer]
+        })
         .await
-        .map_err(|e| IntentLayerError::store(&e))?
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => IntentLayerError::session_not_found(),
+            e => IntentLayerError::store(&e),
+        })?
         .ok_or_else(IntentLayerError::session_not_found)?;
-    let conversation_id = touched
-        .conversation_id
-        .clone()
-        .ok_or_else(IntentLayerError::session_not_found)?;
+    // Written after the commit: if it fails, the client gets a 500 for a turn that is stored but whose audio
+    // will never render (before, the touch was committed first and the messages lost in that case).
     let file = service
         .audio
         .schedule(
@@ -509,25 +530,11 @@ async fn interact(
             }
         })?;
     let response_audio = audio::url(&file);
-
-    let mut question = NewMessage::new(Role::User, message);
-    question.metadata = serde_json::json!({ "input_type": "text", "context": context });
-    let question = store
-        .append_message(&conversation_id, &question)
-        .await
-        .map_err(|e| IntentLayerError::store(&e))?;
-    let mut answer = NewMessage::new(Role::Assistant, response_text.clone());
-    answer.metadata = serde_json::json!({
-        "intent": analysis.intent.as_str(),
-        "entities": analysis.entities,
-        "confidence": analysis.confidence,
-        "ui_components": ui_components,
-        "response_audio": response_audio,
-    });
-    let answer = store
-        .append_message(&conversation_id, &answer)
-        .await
-        .map_err(|e| IntentLayerError::store(&e))?;
+    let [question, answer]: [Message; 2] = stored.try_into().map_err(|_| {
+        IntentLayerError::store(&StoreError::Corrupt(
+            "a turn did not return its two messages".to_owned(),
+        ))
+    })?;
     state
         .metrics
         .chat_requests_total

@@ -183,6 +183,9 @@ async fn seed_create_and_chat_examples() {
         .unwrap();
     assert_eq!(answer.content, response["response_text"].as_str().unwrap());
     assert_eq!(answer.metadata["intent"], "create_form");
+    // Built inside the turn's transaction from the touched session: the URL the client got.
+    assert_eq!(answer.metadata["response_audio"], audio);
+    assert_eq!(question.conversation_id, answer.conversation_id);
 
     let metrics = client()
         .get(server.http_url("/metrics"))

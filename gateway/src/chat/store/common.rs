@@ -508,34 +508,57 @@ macro_rules! store_queries {
                     return Ok(Vec::new());
                 }
                 let now = micros(now());
-                let insert = |message: &NewMessage| {
-                    sqlx::query_as::<_, MessageRow>(concat!(
-                        "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, ",
-                        "completion_tokens, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
-                        message_columns!()
-                    ))
-                    .bind(new_id())
-                    .bind(conversation_id.to_owned())
-                    .bind(message.role.as_str())
-                    .bind(message.content.clone())
-                    .bind(Json(object_or_empty(&message.metadata)))
-                    .bind(i64::from(message.prompt_tokens))
-                    .bind(i64::from(message.completion_tokens))
-                    .bind(now)
-                };
-                let missing_conversation = |e: sqlx::Error| {
-                    if is_foreign_key_violation(&e) {
-                        StoreError::NotFound { what: "conversation" }
-                    } else {
-                        StoreError::Database(e)
-                    }
-                };
                 if Self::COUNTS_BY_TRIGGER && new.len() == 1 {
                     // One autocommitted statement: the trigger bumps the conversation atomically with it.
-                    let row = insert(&new[0]).fetch_one(self.writer()).await.map_err(missing_conversation)?;
+                    let row = Self::insert_message(conversation_id, &new[0], now)
+                        .fetch_one(self.writer())
+                        .await
+                        .map_err(Self::missing_conversation)?;
                     return Ok(vec![Message::try_from(row)?]);
                 }
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let stored = Self::insert_messages(&mut tx, conversation_id, new, now).await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            pub async fn record_turn<F>(
+                &self,
+                session_id: &str,
+                ttl: Option<Duration>,
+                messages: F,
+            ) -> StoreResult<Option<(Session, Vec<Message>)>>
+            where
+                F: FnOnce(&Session) -> Vec<NewMessage>,
+            {
+                let now = micros(now());
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let Some(row) = Self::touch_session_query(session_id, ttl, now).fetch_optional(&mut *tx).await?
+                else {
+                    // Nothing was written: dropping the transaction rolls it back.
+                    return Ok(None);
+                };
+                let session = Session::from(row);
+                let Some(conversation_id) = session.conversation_id.clone() else {
+                    return Err(StoreError::NotFound { what: "conversation" });
+                };
+                let new = messages(&session);
+                let stored = if new.is_empty() {
+                    Vec::new()
+                } else {
+                    Self::insert_messages(&mut tx, &conversation_id, &new, now).await?
+                };
+                tx.commit().await?;
+                Ok(Some((session, stored)))
+            }
+
+            /// Inserts `new` into a conversation inside `tx`, bumping its counts first where no trigger does.
+            async fn insert_messages(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                conversation_id: &str,
+                new: &[NewMessage],
+                now: i64,
+            ) -> StoreResult<Vec<Message>> {
                 if !Self::COUNTS_BY_TRIGGER {
                     // Bumping the conversation first both takes its row lock and tells whether it exists.
                     let bumped = sqlx::query(
@@ -545,7 +568,7 @@ macro_rules! store_queries {
                     .bind(conversation_id.to_owned())
                     .bind(now)
                     .bind(new.len() as i64)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                     if bumped.rows_affected() == 0 {
                         return Err(StoreError::NotFound { what: "conversation" });
@@ -553,11 +576,41 @@ macro_rules! store_queries {
                 }
                 let mut stored = Vec::with_capacity(new.len());
                 for message in new {
-                    let row = insert(message).fetch_one(&mut *tx).await.map_err(missing_conversation)?;
+                    let row = Self::insert_message(conversation_id, message, now)
+                        .fetch_one(&mut **tx)
+                        .await
+                        .map_err(Self::missing_conversation)?;
                     stored.push(Message::try_from(row)?);
                 }
-                tx.commit().await?;
                 Ok(stored)
+            }
+
+            fn insert_message<'q>(
+                conversation_id: &str,
+                message: &NewMessage,
+                now: i64,
+            ) -> sqlx::query::QueryAs<'q, $db, MessageRow, <$db as sqlx::Database>::Arguments> {
+                sqlx::query_as::<_, MessageRow>(concat!(
+                    "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, ",
+                    "completion_tokens, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                    message_columns!()
+                ))
+                .bind(new_id())
+                .bind(conversation_id.to_owned())
+                .bind(message.role.as_str())
+                .bind(message.content.clone())
+                .bind(Json(object_or_empty(&message.metadata)))
+                .bind(i64::from(message.prompt_tokens))
+                .bind(i64::from(message.completion_tokens))
+                .bind(now)
+            }
+
+            fn missing_conversation(e: sqlx::Error) -> StoreError {
+                if is_foreign_key_violation(&e) {
+                    StoreError::NotFound { what: "conversation" }
+                } else {
+                    StoreError::Database(e)
+                }
             }
 
             pub async fn get_message(&self, id: &str) -> StoreResult<Option<Message>> {
@@ -685,9 +738,17 @@ macro_rules! store_queries {
             }
 
             pub async fn touch_session(&self, id: &str, ttl: Option<Duration>) -> StoreResult<Option<Session>> {
-                let now_us = micros(now());
+                let row = Self::touch_session_query(id, ttl, micros(now())).fetch_optional(self.writer()).await?;
+                Ok(row.map(Into::into))
+            }
+
+            fn touch_session_query<'q>(
+                id: &str,
+                ttl: Option<Duration>,
+                now_us: i64,
+            ) -> sqlx::query::QueryAs<'q, $db, SessionRow, <$db as sqlx::Database>::Arguments> {
                 let expires = ttl.map(|ttl| now_us.saturating_add(ttl_micros(ttl)));
-                let row: Option<SessionRow> = sqlx::query_as(concat!(
+                sqlx::query_as(concat!(
                     "UPDATE sessions SET last_activity = CASE WHEN last_activity > $2 THEN last_activity ELSE $2 END, ",
                     "interaction_count = interaction_count + 1, expires_at = COALESCE($3, expires_at) ",
                     "WHERE id = $1 AND active = TRUE RETURNING ",
@@ -696,9 +757,6 @@ macro_rules! store_queries {
                 .bind(id.to_owned())
                 .bind(now_us)
                 .bind(expires)
-                .fetch_optional(self.writer())
-                .await?;
-                Ok(row.map(Into::into))
             }
 
             pub async fn set_session_metadata(&self, id: &str, metadata: &Value) -> StoreResult<Option<Session>> {

@@ -246,6 +246,23 @@ impl Store {
         dispatch!(self.append_messages(conversation_id, new))
     }
 
+    /// Records one turn on an active session in ONE transaction (one commit): touches the session like
+    /// [`Store::touch_session`], then appends the messages `messages(&touched_session)` returns (it sees the new
+    /// `interaction_count`) to the session's conversation, in order. Returns the touched session and the stored
+    /// messages; `None` (and nothing written) if the session does not exist or is no longer active;
+    /// `NotFound { what: "conversation" }` (nothing written) if it has no conversation.
+    pub async fn record_turn<F>(
+        &self,
+        session_id: &str,
+        ttl: Option<Duration>,
+        messages: F,
+    ) -> StoreResult<Option<(Session, Vec<Message>)>>
+    where
+        F: FnOnce(&Session) -> Vec<NewMessage>,
+    {
+        dispatch!(self.record_turn(session_id, ttl, messages))
+    }
+
     pub async fn get_message(&self, id: &str) -> StoreResult<Option<Message>> {
         dispatch!(self.get_message(id))
     }
