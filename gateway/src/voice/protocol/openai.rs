@@ -1269,8 +1269,8 @@ impl ServerEvent {
         }
     }
 
-    /// The event's `event_id`, if any.
-    pub fn event_id(&self) -> Option<&str> {
+    /// The event's `event_id` slot, for a server (the local engine) to stamp ids on what it emits.
+    pub fn event_id_mut(&mut self) -> &mut Option<String> {
         match self {
             ServerEvent::Error { event_id, .. }
             | ServerEvent::SessionCreated { event_id, .. }
@@ -1299,8 +1299,8 @@ impl ServerEvent {
             | ServerEvent::OutputAudioTranscriptDone { event_id, .. }
             | ServerEvent::OutputTextDelta { event_id, .. }
             | ServerEvent::OutputTextDone { event_id, .. }
-            | ServerEvent::RateLimitsUpdated { event_id, .. } => event_id.as_deref(),
-            ServerEvent::Unknown(u) => u.event_id.as_deref(),
+            | ServerEvent::RateLimitsUpdated { event_id, .. } => event_id,
+            ServerEvent::Unknown(u) => &mut u.event_id,
         }
     }
 

@@ -1470,7 +1470,7 @@ impl LocalEngine {
     // -----------------------------------------------------------------------------------------
 
     fn emit(&mut self, mut event: ServerEvent) {
-        set_event_id(&mut event, self.ids.make("event"));
+        *event.event_id_mut() = Some(self.ids.make("event"));
         self.out.push_back(Output::Event(event));
     }
 
@@ -1533,40 +1533,6 @@ fn empty_part(modality: Modality) -> ContentPart {
 /// Splits text into deltas of one word each, keeping the spaces (so they concatenate back).
 fn split_words(text: &str) -> impl Iterator<Item = &str> {
     text.split_inclusive(' ')
-}
-
-fn set_event_id(event: &mut ServerEvent, id: String) {
-    match event {
-        ServerEvent::Error { event_id, .. }
-        | ServerEvent::SessionCreated { event_id, .. }
-        | ServerEvent::SessionUpdated { event_id, .. }
-        | ServerEvent::SpeechStarted { event_id, .. }
-        | ServerEvent::SpeechStopped { event_id, .. }
-        | ServerEvent::InputAudioBufferCommitted { event_id, .. }
-        | ServerEvent::InputAudioBufferCleared { event_id }
-        | ServerEvent::ConversationItemCreated { event_id, .. }
-        | ServerEvent::ConversationItemAdded { event_id, .. }
-        | ServerEvent::ConversationItemDone { event_id, .. }
-        | ServerEvent::ConversationItemTruncated { event_id, .. }
-        | ServerEvent::ConversationItemDeleted { event_id, .. }
-        | ServerEvent::InputAudioTranscriptionDelta { event_id, .. }
-        | ServerEvent::InputAudioTranscriptionCompleted { event_id, .. }
-        | ServerEvent::InputAudioTranscriptionFailed { event_id, .. }
-        | ServerEvent::ResponseCreated { event_id, .. }
-        | ServerEvent::ResponseDone { event_id, .. }
-        | ServerEvent::OutputItemAdded { event_id, .. }
-        | ServerEvent::OutputItemDone { event_id, .. }
-        | ServerEvent::ContentPartAdded { event_id, .. }
-        | ServerEvent::ContentPartDone { event_id, .. }
-        | ServerEvent::OutputAudioDelta { event_id, .. }
-        | ServerEvent::OutputAudioDone { event_id, .. }
-        | ServerEvent::OutputAudioTranscriptDelta { event_id, .. }
-        | ServerEvent::OutputAudioTranscriptDone { event_id, .. }
-        | ServerEvent::OutputTextDelta { event_id, .. }
-        | ServerEvent::OutputTextDone { event_id, .. }
-        | ServerEvent::RateLimitsUpdated { event_id, .. } => *event_id = Some(id),
-        ServerEvent::Unknown(u) => u.event_id = Some(id),
-    }
 }
 
 #[cfg(test)]
