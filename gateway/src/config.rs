@@ -129,7 +129,7 @@ pub struct VoiceConfig {
     pub append_batch_ms: u64,
     /// Turn detection requested from the upstream.
     pub turn_detection: TurnDetection,
-    /// Bound of the client-to-upstream audio queue, in frames. A full queue drops input (`input_flood`).
+    /// Bound of the client-to-upstream queue, in messages. A full queue stops reading the client (TCP backpressure).
     pub input_queue_frames: usize,
     /// Bound of the upstream-to-client audio queue, in frames. A full queue drops the oldest (`client_slow`).
     pub output_queue_frames: usize,
@@ -180,6 +180,9 @@ pub struct ChatConfig {
     pub session_ttl: Duration,
     /// Live IntentLayer sessions per user.
     pub max_sessions_per_user: u32,
+    /// IntentLayer API requests per minute per session (chat, info, delete) and per user (create, list), with a
+    /// burst of a twelfth of it (at least 1); past it, 429. 0 disables the limit.
+    pub intentlayer_rate_per_minute: u32,
     /// Largest attachment or document upload.
     pub max_upload_bytes: usize,
     /// OpenAI-compatible speech endpoint base URL for spoken answers. `None` uses the built-in synthesiser.
@@ -407,6 +410,7 @@ impl Default for ChatConfig {
             ws_messages_per_minute: 30,
             session_ttl: Duration::from_secs(30 * 60),
             max_sessions_per_user: 5,
+            intentlayer_rate_per_minute: 120,
             max_upload_bytes: 10 * 1024 * 1024,
             tts_url: None,
             tts_model: "gpt-4o-mini-tts".to_owned(),
@@ -510,6 +514,9 @@ pub struct Cli {
     /// Live IntentLayer sessions per user [default: 5].
     #[arg(long, env = "VOXGATE_MAX_SESSIONS_PER_USER", value_name = "N")]
     pub max_sessions_per_user: Option<u32>,
+    /// IntentLayer API requests per minute per session or user, 0 = unlimited [default: 120].
+    #[arg(long, env = "VOXGATE_INTENTLAYER_RATE_PER_MINUTE", value_name = "N")]
+    pub intentlayer_rate_per_minute: Option<u32>,
 }
 
 impl Cli {
@@ -557,6 +564,10 @@ impl Cli {
         );
         set(&mut chat.session_ttl, self.session_ttl);
         set(&mut chat.max_sessions_per_user, self.max_sessions_per_user);
+        set(
+            &mut chat.intentlayer_rate_per_minute,
+            self.intentlayer_rate_per_minute,
+        );
     }
 }
 
@@ -877,6 +888,9 @@ fn merge_cli(lower: Cli, higher: Cli) -> Cli {
             .or(lower.ws_messages_per_minute),
         session_ttl: higher.session_ttl.or(lower.session_ttl),
         max_sessions_per_user: higher.max_sessions_per_user.or(lower.max_sessions_per_user),
+        intentlayer_rate_per_minute: higher
+            .intentlayer_rate_per_minute
+            .or(lower.intentlayer_rate_per_minute),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Each connection is split into a reader and a writer that run beside the session actor on one
 //! task. The reader forwards every frame at once into the session's bounded input channel (a full
-//! channel is a flood: `error`, then close 1008); the writer drains the session's [`Outbox`],
+//! channel stops the reading: TCP pushes back on the client; floods are the session's rate guard's to
+//! catch); the writer drains the session's [`Outbox`],
 //! feeding everything queued before one flush (fewer syscalls under load, no added delay), and
 //! pings the client. RFC 6455 violations close with their codes: 1009 for a message over the
 //! limit, 1007 for invalid UTF-8, 1002 for protocol errors.
@@ -23,7 +24,7 @@ use tokio_tungstenite::tungstenite;
 use crate::http::ws::limit_upgrade;
 use crate::state::AppState;
 use crate::voice::protocol::okti::ServerMessage;
-use crate::voice::session::core::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER};
+use crate::voice::session::core::{CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER};
 use crate::voice::session::metrics::SessionMetrics;
 use crate::voice::session::outbox::{Outbox, Outgoing};
 use crate::voice::session::{self, Inbound};
@@ -111,7 +112,6 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
         tx,
         Arc::clone(&outbox),
         missed_pongs,
-        metrics,
     )));
 
     let mut actor_done = false;
@@ -129,13 +129,19 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
             () = &mut writer => break,
         }
     }
-    // The close frame is out (or the socket is dead): give the peer a bounded time to answer.
-    if let Some(reader) = reader.take() {
-        let _ = tokio::time::timeout(limits.close_timeout, reader).await;
-    }
-    if !actor_done {
-        actor.await;
-    }
+    // The close frame is out (or the socket is dead): give the peer a bounded time to answer. The actor runs
+    // on meanwhile: a reader waiting for room in the input queue is released when the actor drops it.
+    let reader = async {
+        if let Some(reader) = reader {
+            let _ = tokio::time::timeout(limits.close_timeout, reader).await;
+        }
+    };
+    let actor = async {
+        if !actor_done {
+            actor.await;
+        }
+    };
+    tokio::join!(reader, actor);
 }
 
 /// Reads client frames into the session; returns when the client closes or breaks the protocol.
@@ -144,7 +150,6 @@ async fn read_loop(
     tx: mpsc::Sender<Inbound>,
     outbox: Arc<Outbox>,
     missed_pongs: Arc<AtomicU32>,
-    metrics: SessionMetrics,
 ) {
     while let Some(message) = stream.next().await {
         missed_pongs.store(0, Ordering::Relaxed);
@@ -164,23 +169,11 @@ async fn read_loop(
                 return;
             }
         };
-        match tx.try_send(inbound) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if outbox.is_closing() => {
-                return drain_until_close(&mut stream).await;
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // The session cannot keep up with this client: it sends faster than any microphone.
-                metrics.dropped_flood.inc();
-                let message = ServerMessage::Error {
-                    message: "input flood: too many frames queued",
-                }
-                .to_json();
-                let _ = outbox.push_control(message);
-                outbox.close_now(CLOSE_POLICY, "input flood".to_owned());
-                return drain_until_close(&mut stream).await;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        // A full queue means the session is behind (a slow upstream, a busy core), not that the client floods:
+        // stop reading and let TCP push back. A client sending faster than real time is caught by the session's
+        // rate guard (`SessionConfig::flood_factor`), which answers `error` and closes with 1008.
+        if outbox.is_closing() || tx.send(inbound).await.is_err() {
+            return drain_until_close(&mut stream).await;
         }
     }
 }
