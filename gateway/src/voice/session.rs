@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 
 use self::core::{Action, Event, SessionConfig, SessionCore, UpstreamCommand};
 use self::metrics::SessionMetrics;
-use self::outbox::Outbox;
+use self::outbox::{BotAudio, Outbox};
 use crate::voice::upstream::openai::{
     ConnectError, Decoded, Incoming, UpstreamClient, UpstreamConnection,
 };
@@ -284,11 +284,19 @@ impl Actor {
                         self.core.handle(Event::Shutdown, Instant::now());
                     }
                 }
-                Action::ClientAudio { data, samples } => {
+                Action::ClientAudio {
+                    data,
+                    samples,
+                    turn_ended_at,
+                } => {
                     self.ctx.metrics.frames_out.inc();
                     self.ctx.metrics.bytes_out.inc_by(data.len() as u64);
-                    let read_at = self.pending_read_at.unwrap_or_else(Instant::now);
-                    let pushed = self.outbox.push_audio(data, samples, read_at);
+                    let pushed = self.outbox.push_audio(BotAudio {
+                        data,
+                        samples,
+                        read_at: self.pending_read_at.unwrap_or_else(Instant::now),
+                        turn_ended_at,
+                    });
                     if pushed.dropped_frames > 0 {
                         self.ctx
                             .metrics

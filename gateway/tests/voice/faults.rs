@@ -327,3 +327,68 @@ async fn fatal_upstream_error_closes_and_other_errors_do_not() {
     server.shutdown().await.expect("clean shutdown");
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn append_batching_sends_every_byte_in_fewer_larger_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = FaultyServer::start(LocalEngineConfig::from_config(&Config::for_test(
+        dir.path(),
+    )))
+    .await;
+    let url = upstream.url();
+    let server = TestServer::start_with(move |c| {
+        c.voice.realtime_url = Some(url);
+        c.voice.append_batch_ms = 100;
+    })
+    .await
+    .expect("server starts");
+    let mut client = ready_client(&server).await;
+    // One second of quiet, distinct samples, so lost, reordered or duplicated bytes would show.
+    let sent: Vec<u8> = (0..24_000u32)
+        .flat_map(|i| ((i % 97) as i16 - 48).to_le_bytes())
+        .collect();
+    let mut received = Vec::new();
+    for frame in sent.chunks(FRAME_BYTES) {
+        client.stream_realtime(frame, &mut received).await;
+    }
+    let appended = |events: &[Received]| -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .filter_map(|r| match &r.event {
+                ClientEvent::InputAudioBufferAppend { audio, .. } => {
+                    Some(voxgate_dsp::b64::decode(audio).expect("valid base64"))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // The last partial batch goes out when its 100 ms are up.
+    let total = sent.len();
+    let all_in = upstream
+        .wait_for(
+            |_| {
+                appended(&upstream.received())
+                    .iter()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    >= total
+            },
+            READY,
+        )
+        .await;
+    assert!(all_in.is_some(), "not every byte reached the upstream");
+    let appends = appended(&upstream.received());
+    assert_eq!(
+        appends.concat(),
+        sent,
+        "bytes lost, reordered or duplicated"
+    );
+    // 50 frames of 20 ms in batches of about 100 ms: about ten appends, never one per frame.
+    assert!(
+        (8..=15).contains(&appends.len()),
+        "{} appends for 50 frames",
+        appends.len()
+    );
+    server.shutdown().await.expect("clean shutdown");
+    upstream.shutdown().await;
+}

@@ -243,6 +243,9 @@ pub enum Action {
         data: Bytes,
         /// Samples in the frame, at the output rate.
         samples: u64,
+        /// On the first frame of an answer to a finished user turn: when the turn ended. Time to
+        /// first audio is observed when the frame is written, not when it is queued.
+        turn_ended_at: Option<Instant>,
     },
     /// Drop all bot audio still queued for the client (barge-in).
     FlushClientAudio,
@@ -963,13 +966,11 @@ impl SessionCore {
         let start = self.playout_end.map_or(now, |end| end.max(now));
         self.playout_end = Some(start + duration);
         self.last_activity = now;
-        if let Some(turn_end) = self.turn_ended_at.take() {
-            self.metrics
-                .time_to_first_audio
-                .observe(now.saturating_duration_since(turn_end).as_secs_f64());
-        }
-        self.actions
-            .push_back(Action::ClientAudio { data, samples });
+        self.actions.push_back(Action::ClientAudio {
+            data,
+            samples,
+            turn_ended_at: self.turn_ended_at.take(),
+        });
     }
 
     /// Barge-in: the user speaks over queued or playing bot audio.
@@ -1231,7 +1232,8 @@ mod tests {
             actions,
             vec![Action::ClientAudio {
                 data: pcm_ms(20),
-                samples: 480
+                samples: 480,
+                turn_ended_at: None,
             }]
         );
     }
@@ -1828,7 +1830,7 @@ mod tests {
         let samples: u64 = speak(&mut core, "r1", 100, t0)
             .iter()
             .map(|a| match a {
-                Action::ClientAudio { data, samples } => {
+                Action::ClientAudio { data, samples, .. } => {
                     assert_eq!(data.len() as u64, *samples, "A-law is one byte per sample");
                     *samples
                 }
@@ -1839,17 +1841,22 @@ mod tests {
     }
 
     #[test]
-    fn time_to_first_audio_runs_from_turn_end_to_first_frame() {
-        let metrics = SessionMetrics::detached();
-        let t0 = Instant::now();
-        let mut core = SessionCore::new(SessionConfig::default(), metrics.clone(), t0, 1);
-        core.handle(Event::UpstreamConnected, t0);
-        core.handle(Event::Model(ModelEvent::SessionUpdated), t0);
+    fn only_the_first_frame_of_an_answer_carries_the_turn_end() {
+        let (mut core, t0) = ready_core(SessionConfig::default());
         core.handle(Event::Model(ModelEvent::SpeechStopped), t0);
-        speak(&mut core, "r1", 20, t0 + Duration::from_millis(400));
-        speak(&mut core, "r1", 20, t0 + Duration::from_millis(450));
-        assert_eq!(metrics.time_to_first_audio.get_sample_count(), 1);
-        assert!((metrics.time_to_first_audio.get_sample_sum() - 0.4).abs() < 1e-6);
+        let turn_ends = |actions: Vec<Action>| -> Vec<Option<Instant>> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::ClientAudio { turn_ended_at, .. } => Some(turn_ended_at),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = speak(&mut core, "r1", 20, t0 + Duration::from_millis(400));
+        assert_eq!(turn_ends(first), vec![Some(t0)]);
+        let second = speak(&mut core, "r1", 20, t0 + Duration::from_millis(450));
+        assert_eq!(turn_ends(second), vec![None]);
     }
 
     #[test]

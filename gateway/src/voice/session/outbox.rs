@@ -17,13 +17,8 @@ use tokio::sync::Notify;
 pub enum Outgoing {
     /// A JSON control message.
     Text(String),
-    /// A bot audio frame and when the upstream message carrying it was read (relay latency).
-    Audio {
-        /// The frame.
-        data: Bytes,
-        /// When its upstream message was read.
-        read_at: Instant,
-    },
+    /// A bot audio frame.
+    Audio(BotAudio),
     /// The last entry: a close frame.
     Close {
         /// RFC 6455 close code.
@@ -31,6 +26,19 @@ pub enum Outgoing {
         /// Reason text.
         reason: String,
     },
+}
+
+/// A bot audio frame and the instants its latency metrics are measured from once it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotAudio {
+    /// The frame, in the client's output format.
+    pub data: Bytes,
+    /// Samples in the frame (what a drop reports).
+    pub samples: u64,
+    /// When the upstream message carrying it was read (relay latency).
+    pub read_at: Instant,
+    /// When the user's turn ended, on the turn's first frame only (time to first audio).
+    pub turn_ended_at: Option<Instant>,
 }
 
 /// What [`Outbox::push_audio`] did.
@@ -58,7 +66,7 @@ pub enum PushError {
 struct Inner {
     seq: u64,
     control: VecDeque<(u64, Outgoing)>,
-    audio: VecDeque<(u64, Bytes, u64, Instant)>,
+    audio: VecDeque<(u64, BotAudio)>,
     close: Option<Outgoing>,
 }
 
@@ -115,8 +123,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues an audio frame of `samples` samples, dropping the oldest queued audio if full.
-    pub fn push_audio(&self, data: Bytes, samples: u64, read_at: Instant) -> Pushed {
+    /// Queues an audio frame, dropping the oldest queued audio if full.
+    pub fn push_audio(&self, audio: BotAudio) -> Pushed {
         let mut pushed = Pushed::default();
         {
             let mut inner = self.lock();
@@ -124,14 +132,14 @@ impl Outbox {
                 return pushed;
             }
             while inner.audio.len() >= self.audio_capacity {
-                if let Some((_, _, dropped, _)) = inner.audio.pop_front() {
+                if let Some((_, dropped)) = inner.audio.pop_front() {
                     pushed.dropped_frames += 1;
-                    pushed.dropped_samples += dropped;
+                    pushed.dropped_samples += dropped.samples;
                 }
             }
             inner.seq += 1;
             let seq = inner.seq;
-            inner.audio.push_back((seq, data, samples, read_at));
+            inner.audio.push_back((seq, audio));
         }
         self.notify.notify_one();
         pushed
@@ -172,17 +180,17 @@ impl Outbox {
     pub fn pop(&self) -> Option<Outgoing> {
         let mut inner = self.lock();
         let control_seq = inner.control.front().map(|(seq, _)| *seq);
-        let audio_seq = inner.audio.front().map(|(seq, ..)| *seq);
+        let audio_seq = inner.audio.front().map(|(seq, _)| *seq);
         match (control_seq, audio_seq) {
             (Some(c), Some(a)) if a < c => inner
                 .audio
                 .pop_front()
-                .map(|(_, data, _, read_at)| Outgoing::Audio { data, read_at }),
+                .map(|(_, audio)| Outgoing::Audio(audio)),
             (Some(_), _) => inner.control.pop_front().map(|(_, message)| message),
             (None, Some(_)) => inner
                 .audio
                 .pop_front()
-                .map(|(_, data, _, read_at)| Outgoing::Audio { data, read_at }),
+                .map(|(_, audio)| Outgoing::Audio(audio)),
             (None, None) => inner.close.take(),
         }
     }
@@ -202,22 +210,25 @@ mod tests {
         Outgoing::Text(s.to_owned())
     }
 
+    fn audio(data: &'static [u8], samples: u64, read_at: Instant) -> BotAudio {
+        BotAudio {
+            data: Bytes::from_static(data),
+            samples,
+            read_at,
+            turn_ended_at: None,
+        }
+    }
+
     #[test]
     fn keeps_queue_order_across_both_queues() {
         let outbox = Outbox::new(8, 8);
         let now = Instant::now();
         outbox.push_control("a".into()).expect("room");
-        outbox.push_audio(Bytes::from_static(b"1"), 1, now);
+        outbox.push_audio(audio(b"1", 1, now));
         outbox.push_control("end".into()).expect("room");
         outbox.close(1000, "bye".into());
         assert_eq!(outbox.pop(), Some(text("a")));
-        assert_eq!(
-            outbox.pop(),
-            Some(Outgoing::Audio {
-                data: Bytes::from_static(b"1"),
-                read_at: now
-            })
-        );
+        assert_eq!(outbox.pop(), Some(Outgoing::Audio(audio(b"1", 1, now))));
         assert_eq!(outbox.pop(), Some(text("end")));
         assert_eq!(
             outbox.pop(),
@@ -233,10 +244,10 @@ mod tests {
     fn drops_oldest_audio_never_control() {
         let outbox = Outbox::new(2, 8);
         let now = Instant::now();
-        outbox.push_audio(Bytes::from_static(b"1"), 10, now);
+        outbox.push_audio(audio(b"1", 10, now));
         outbox.push_control("c".into()).expect("room");
-        outbox.push_audio(Bytes::from_static(b"2"), 10, now);
-        let pushed = outbox.push_audio(Bytes::from_static(b"3"), 10, now);
+        outbox.push_audio(audio(b"2", 10, now));
+        let pushed = outbox.push_audio(audio(b"3", 10, now));
         assert_eq!(
             pushed,
             Pushed {
@@ -245,20 +256,8 @@ mod tests {
             }
         );
         assert_eq!(outbox.pop(), Some(text("c")));
-        assert_eq!(
-            outbox.pop(),
-            Some(Outgoing::Audio {
-                data: Bytes::from_static(b"2"),
-                read_at: now
-            })
-        );
-        assert_eq!(
-            outbox.pop(),
-            Some(Outgoing::Audio {
-                data: Bytes::from_static(b"3"),
-                read_at: now
-            })
-        );
+        assert_eq!(outbox.pop(), Some(Outgoing::Audio(audio(b"2", 10, now))));
+        assert_eq!(outbox.pop(), Some(Outgoing::Audio(audio(b"3", 10, now))));
     }
 
     #[test]

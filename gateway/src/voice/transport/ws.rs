@@ -212,15 +212,15 @@ async fn write_loop(
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
-    let mut fed_audio: Vec<Instant> = Vec::new();
+    let mut fed_audio: Vec<(Instant, Option<Instant>)> = Vec::new();
     loop {
         let mut closing = false;
         while let Some(item) = outbox.pop() {
             let message = match item {
                 Outgoing::Text(text) => Message::text(text),
-                Outgoing::Audio { data, read_at } => {
-                    fed_audio.push(read_at);
-                    Message::Binary(data)
+                Outgoing::Audio(audio) => {
+                    fed_audio.push((audio.read_at, audio.turn_ended_at));
+                    Message::Binary(audio.data)
                 }
                 Outgoing::Close { code, reason } => {
                     closing = true;
@@ -240,10 +240,16 @@ async fn write_loop(
         if sink.flush().await.is_err() {
             return;
         }
-        for read_at in fed_audio.drain(..) {
+        // Both latencies end when the frame is written, not when it was queued.
+        for (read_at, turn_ended_at) in fed_audio.drain(..) {
             metrics
                 .relay_latency_out
                 .observe(read_at.elapsed().as_secs_f64());
+            if let Some(turn_ended_at) = turn_ended_at {
+                metrics
+                    .time_to_first_audio
+                    .observe(turn_ended_at.elapsed().as_secs_f64());
+            }
         }
         if closing {
             return;
