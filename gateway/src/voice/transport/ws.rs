@@ -116,15 +116,19 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
 
     let mut actor_done = false;
     loop {
+        // Polled in data-flow order, so one wake-up carries a frame all the way: the reader queues it,
+        // the actor relays it (or queues the bot audio an upstream event carried), the writer sends it.
+        // Any other order leaves the work to a second poll of the task.
         tokio::select! {
+            biased;
+            () = async { match reader.as_mut() { Some(r) => r.await, None => std::future::pending().await } } => {
+                // Dropping the reader drops the input sender: the actor sees the client is gone.
+                reader = None;
+            }
             () = &mut actor, if !actor_done => {
                 actor_done = true;
                 // Whatever ended the session, the client gets a close frame after what is queued.
                 outbox.close(1000, "session ended".to_owned());
-            }
-            () = async { match reader.as_mut() { Some(r) => r.await, None => std::future::pending().await } } => {
-                // Dropping the reader drops the input sender: the actor sees the client is gone.
-                reader = None;
             }
             () = &mut writer => break,
         }
