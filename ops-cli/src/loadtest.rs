@@ -5,7 +5,9 @@
 //! frames at real-time pace. The first samples of every frame carry a marker (magic, session,
 //! sequence number, send time); the echo engine returns each appended chunk byte for byte, so
 //! when the marker comes back the round trip is known exactly. Frames are spread evenly over the
-//! 20 ms period across sessions, as independent clients would be.
+//! 20 ms period across sessions, as independent clients would be: one OS thread paces every
+//! session with sub-millisecond sleeps, because tokio's timer fires in whole milliseconds and
+//! would release all the sessions whose phases share a millisecond as one burst.
 //!
 //! Reported: p50/p99/max round-trip latency (client -> gateway -> echo engine -> gateway ->
 //! client; with the engine in its own process this is the gateway's added latency plus two
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -185,14 +187,16 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
     let ready = Arc::new(Barrier::new(args.sessions + 1));
     let streaming = Arc::new(Barrier::new(args.sessions + 1));
     let mut handles = Vec::with_capacity(args.sessions);
+    let mut ticks = Vec::with_capacity(args.sessions);
     for index in 0..args.sessions {
+        let (tick, tick_rx) = mpsc::unbounded_channel();
+        ticks.push(tick);
         let session = Session {
             index: index as u32,
             url: args.url.clone(),
             audio: Arc::clone(&audio),
             frames,
-            // Spread the sessions' frames evenly over the 20 ms period.
-            phase: FRAME_PERIOD * index as u32 / args.sessions as u32,
+            ticks: tick_rx,
             origin,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
             drain: Duration::from_secs_f64(args.drain),
@@ -205,12 +209,16 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
     let cpu_start = args.gateway_pid.map(read_cpu_seconds).transpose()?;
     let wall_start = Instant::now();
     streaming.wait().await;
+    let pacer = pace(ticks, frames, Instant::now())?;
 
     let mut results = Vec::with_capacity(handles.len());
     for handle in handles {
         results.push(handle.await.context("session task panicked")??);
     }
     let wall = wall_start.elapsed().as_secs_f64();
+    if pacer.join().is_err() {
+        bail!("the pacing thread panicked");
+    }
     let gateway = match (args.gateway_pid, cpu_start, rss_before, rss_connected) {
         (Some(pid), Some(cpu_start), Some(before), Some(connected)) => {
             let cpu_s = read_cpu_seconds(pid)? - cpu_start;
@@ -277,12 +285,39 @@ fn summarize(
     }
 }
 
+/// Starts the thread that tells session `i` to send frame `seq` at `start + seq × 20 ms + i × 20 ms / N`.
+/// A session that failed has dropped its receiver; its ticks are skipped.
+fn pace(
+    ticks: Vec<mpsc::UnboundedSender<u32>>,
+    frames: u32,
+    start: Instant,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let thread = std::thread::Builder::new()
+        .name("loadtest-pacer".to_owned())
+        .spawn(move || {
+            let sessions = ticks.len() as u32;
+            for seq in 0..frames {
+                let period_start = start + FRAME_PERIOD * seq;
+                for (index, tick) in (0u32..).zip(&ticks) {
+                    let due = period_start + FRAME_PERIOD * index / sessions;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let _ = tick.send(seq);
+                }
+            }
+        })
+        .context("cannot start the pacing thread")?;
+    Ok(thread)
+}
+
 struct Session {
     index: u32,
     url: String,
     audio: Arc<Vec<u8>>,
     frames: u32,
-    phase: Duration,
+    /// Frame sequence numbers, each when it is due (see [`pace`]).
+    ticks: mpsc::UnboundedReceiver<u32>,
     origin: Instant,
     connect_timeout: Duration,
     drain: Duration,
@@ -380,11 +415,10 @@ impl Session {
             result
         });
 
-        let start = tokio::time::Instant::now() + self.phase;
+        let mut ticks = self.ticks;
         let mut frame = vec![0u8; FRAME_BYTES];
         let mut offset = 0usize;
-        for seq in 0..frames {
-            tokio::time::sleep_until(start + FRAME_PERIOD * seq).await;
+        while let Some(seq) = ticks.recv().await {
             for byte in frame.iter_mut() {
                 *byte = self.audio[offset % self.audio.len()];
                 offset += 1;
