@@ -49,6 +49,8 @@ impl Gateway {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("VOXGATE_JWT_SECRET", JWT_SECRET)
             .env("VOXGATE_WS_MESSAGES_PER_MINUTE", "100000")
+            // The IntentLayer clients post back to back, far past the default rate limit.
+            .env("VOXGATE_INTENTLAYER_RATE_PER_MINUTE", "0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -16,19 +16,18 @@ mod extract;
 mod ws;
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, Claims};
+use super::rate_limit::KeyedRateLimiter;
 use super::timestamp;
 use crate::chat::{ConversationQuery, NewConversation, NewSession, Role, StoreError};
 use crate::config::{ChatbotConfig, Config};
@@ -58,7 +57,7 @@ pub fn routes() -> Router<AppState> {
 /// Live chat sockets and the per-user message rate limiter.
 pub struct ChatbotService {
     /// Messages per minute per user, shared by all of the user's sockets.
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: KeyedRateLimiter,
     /// Open sockets by session id, so that closing a session (replaced, deleted) closes its socket.
     live: Mutex<HashMap<String, LiveSocket>>,
 }
@@ -72,10 +71,11 @@ struct LiveSocket {
 impl ChatbotService {
     /// State for `config.chat.ws_messages_per_minute`.
     pub fn new(config: &Config) -> Self {
-        let per_minute =
-            NonZeroU32::new(config.chat.ws_messages_per_minute).unwrap_or(NonZeroU32::MIN);
+        // The whole minute's budget may come at once, as before the limiter was shared; at least 1 per
+        // minute (the configuration refuses 0, so the WebSocket is never unlimited).
+        let per_minute = config.chat.ws_messages_per_minute.max(1);
         ChatbotService {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            limiter: KeyedRateLimiter::per_minute(per_minute, per_minute),
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -126,13 +126,12 @@ impl ChatbotService {
 
     /// Whether `user` may send one more message now.
     fn allow_message(&self, user: &str) -> bool {
-        self.limiter.check_key(&user.to_owned()).is_ok()
+        self.limiter.check(user).is_ok()
     }
 
     /// Forgets rate-limiter state of users idle for a full period (bounded memory).
     pub fn prune(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        self.limiter.prune();
     }
 
     /// Open sockets (for tests and metrics).

@@ -8,11 +8,14 @@
 //! | `GET /api/v1/sessions/info/{session_id}` | the session |
 //! | `DELETE /api/v1/sessions/delete/{session_id}` | removes the session and its audio |
 //! | `GET /api/v1/sessions/list/{user_id}` | the user's live sessions, newest first |
-//! | `GET /audio/{file}` | a spoken answer (`audio/wav`) |
+//! | `GET /audio/{file}` | a spoken answer (`audio/wav`), rendered from the stored answer on first request |
 //!
 //! Sessions are chat-domain sessions of kind `intentlayer` with an idle TTL (`chat.session_ttl`); each has one
 //! conversation where every interaction stores the user message and the answer. Wire ids are `sess_<uuid>`.
 //! A session that expires, is evicted or is deleted is removed with its audio; the conversation stays.
+//!
+//! Requests are rate limited (seed: "Limitation du taux de requêtes"): `chat.intentlayer_rate_per_minute` per
+//! session for chat, info and delete, per user for create and list; past it, 429 and nothing is done.
 //!
 //! Errors keep the seed's style: `{"success": false, "message": "...", "field": "..."}` (422 names the
 //! field; 404 is `{"success": false, "message": "Session non trouvée"}`). See `docs/intentlayer-api.md`.
@@ -36,11 +39,15 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
 
-use self::audio::{AudioError, AudioStore};
+use self::audio::{AudioError, AudioStore, Script};
 use self::classifier::{Analysis, Entity, Language};
 use self::components::UiComponent;
+use super::rate_limit::{KeyedRateLimiter, RateLimited};
 use super::timestamp;
-use crate::chat::{Message, NewConversation, NewMessage, NewSession, Role, Session, StoreError};
+use crate::chat::{
+    Message, MessageQuery, NewConversation, NewMessage, NewSession, Order, Role, Session,
+    StoreError,
+};
 use crate::config::Config;
 use crate::state::AppState;
 
@@ -72,6 +79,9 @@ pub fn routes() -> Router<AppState> {
 pub struct IntentLayerService {
     /// Spoken answers.
     pub audio: AudioStore,
+    /// Requests per minute per session (chat, info, delete) and per user (create, list), in one limiter whose
+    /// keys are prefixed by kind so that a session id never shares a budget with a user id.
+    limiter: KeyedRateLimiter,
     /// Idle time-to-live of a session.
     ttl: Duration,
     /// Live sessions per user.
@@ -92,12 +102,50 @@ impl IntentLayerService {
                     dir.display()
                 )
             })?;
+        let per_minute = config.chat.intentlayer_rate_per_minute;
         Ok(IntentLayerService {
             audio,
+            limiter: KeyedRateLimiter::per_minute(per_minute, rate_burst(per_minute)),
             ttl: config.chat.session_ttl,
             max_per_user: config.chat.max_sessions_per_user.max(1),
         })
     }
+
+    /// The request rate limiter (its clock can be moved forward in tests).
+    pub fn rate_limiter(&self) -> &KeyedRateLimiter {
+        &self.limiter
+    }
+}
+
+/// Requests that may come at once: five seconds' worth of the per-minute rate (10 for the default 120), at
+/// least 1. Small, so a client cannot spend a minute's budget in one go, yet enough for a page that creates a
+/// session and sends a message together.
+fn rate_burst(per_minute: u32) -> u32 {
+    (per_minute / 12).max(1)
+}
+
+/// Whose budget a request spends.
+enum RateKey<'a> {
+    /// A session's (store id): chat, info, delete.
+    Session(&'a str),
+    /// A user's: create, list.
+    User(&'a str),
+}
+
+/// Counts one request against its key; 429 past the limit.
+fn check_rate(state: &AppState, key: RateKey<'_>) -> Result<(), IntentLayerError> {
+    let limiter = &state.api.intentlayer.limiter;
+    if !limiter.is_enabled() {
+        return Ok(());
+    }
+    let (key, per) = match key {
+        RateKey::Session(id) => (format!("session:{id}"), "session"),
+        RateKey::User(id) => (format!("user:{id}"), "utilisateur"),
+    };
+    limiter.check(&key).map_err(|limited| {
+        tracing::debug!(key, "intentlayer request rate limited");
+        IntentLayerError::rate_limited(limited, per)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -109,6 +157,8 @@ pub struct IntentLayerError {
     status: StatusCode,
     message: String,
     field: Option<&'static str>,
+    /// Seconds before trying again (429 only): the `Retry-After` header and an additive body field.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -117,46 +167,73 @@ struct ErrorBody<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
 }
 
 impl IntentLayerError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        IntentLayerError {
+            status,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
     fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         IntentLayerError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: message.into(),
             field: Some(field),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
         }
     }
 
     fn session_not_found() -> Self {
-        IntentLayerError {
-            status: StatusCode::NOT_FOUND,
-            message: "Session non trouvée".into(),
-            field: None,
-        }
+        Self::new(StatusCode::NOT_FOUND, "Session non trouvée")
     }
 
     fn store(error: &StoreError) -> Self {
         tracing::error!(%error, "intentlayer store operation failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Stockage indisponible, réessayez plus tard",
+        )
+    }
+
+    /// 429 naming the limit; `per` is what the budget belongs to ("session", "utilisateur").
+    fn rate_limited(limited: RateLimited, per: &str) -> Self {
+        let seconds = limited.retry_after_secs();
         IntentLayerError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "Stockage indisponible, réessayez plus tard".into(),
-            field: None,
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Trop de requêtes: au plus {} requêtes par minute par {per}; réessayez dans {seconds} s",
+                    limited.per_minute
+                ),
+            )
         }
     }
 }
 
 impl IntoResponse for IntentLayerError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 success: false,
                 message: &self.message,
                 field: self.field,
+                retry_after: self.retry_after,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -288,16 +365,22 @@ fn is_expired(session: &Session) -> bool {
         .is_some_and(|at| at <= chrono::Utc::now())
 }
 
-/// Removes a session that ended (deleted, expired, evicted): its row and its audio. Its conversation stays.
+/// Removes a session that ended (deleted, expired, evicted): its row, then its audio. Its conversation stays.
+/// In that order so that an audio request arriving meanwhile finds no answer to render (see
+/// [`AudioStore::remove_session`]); a crash in between leaves an audio directory that start-up removes.
 async fn discard(state: &AppState, store_id: &str) -> Result<(), StoreError> {
-    state.api.intentlayer.audio.remove_session(store_id).await;
     state.chat.store().delete_session(store_id).await?;
+    state.api.intentlayer.audio.remove_session(store_id).await;
     Ok(())
 }
 
-/// The live session behind a wire id, expiring it on the spot when its TTL has passed.
-async fn live_session(state: &AppState, wire: &str) -> Result<Session, IntentLayerError> {
-    let id = store_id(wire).ok_or_else(IntentLayerError::session_not_found)?;
+/// The store id behind a wire id, or the seed's 404.
+fn known_id(wire: &str) -> Result<&str, IntentLayerError> {
+    store_id(wire).ok_or_else(IntentLayerError::session_not_found)
+}
+
+/// The live session with store id `id`, expiring it on the spot when its TTL has passed.
+async fn live_session(state: &AppState, id: &str) -> Result<Session, IntentLayerError> {
     let session = state
         .chat
         .store()
@@ -342,6 +425,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> ApiResult<Created
             ));
         }
     };
+    check_rate(&state, RateKey::User(&user_id))?;
     let display_name = user_data
         .get("name")
         .and_then(Value::as_str)
@@ -456,7 +540,9 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> ApiResult<ChatRespo
         }
     }
     let context = optional_object(&body, "context")?;
-    let session = live_session(&state, wire).await?;
+    let id = known_id(wire)?;
+    check_rate(&state, RateKey::Session(id))?;
+    let session = live_session(&state, id).await?;
     let span = tracing::info_span!("intentlayer_chat", session_id = %session.id);
     interact(&state, session, message, context)
         .instrument(span)
@@ -464,7 +550,8 @@ async fn chat(State(state): State<AppState>, body: Bytes) -> ApiResult<ChatRespo
         .map(Json)
 }
 
-/// One interaction on a live session: analyse, answer, store, schedule the audio.
+/// One interaction on a live session: analyse, answer, store. The audio is rendered from the stored answer when
+/// its URL is first requested ([`audio_file`]); nothing here touches the disk.
 async fn interact(
     state: &AppState,
     session: Session,
@@ -483,24 +570,28 @@ async fn interact(
     let service = &state.api.intentlayer;
     let mut question = NewMessage::new(Role::User, message);
     question.metadata = serde_json::json!({ "input_type": "text", "context": context });
+    // `language` is the voice of the answer's audio, rendered later from this message.
     let answer_metadata = serde_json::json!({
         "intent": analysis.intent.as_str(),
         "entities": analysis.entities,
         "confidence": analysis.confidence,
         "ui_components": ui_components,
+        "language": language.code(),
     });
     // The turn (session touch, question, answer) is ONE transaction: one commit per chat POST. The answer's
-    // audio is named after the touched session's interaction count, so its metadata is built inside it.
+    // audio is named after the touched session's interaction count, so its metadata is built inside it (on the
+    // store's group-commit writer task, hence the owned copy of the text).
+    let answer_text = response_text.clone();
     let (touched, stored) = state
         .chat
         .store()
-        .record_turn(&session.id, Some(service.ttl), |touched| {
+        .record_turn(&session.id, Some(service.ttl), move |touched| {
             let mut metadata = answer_metadata;
             metadata["response_audio"] = Value::String(audio::url(&audio::file_name(
                 &touched.id,
                 touched.interaction_count,
             )));
-            let mut answer = NewMessage::new(Role::Assistant, response_text.clone());
+            let mut answer = NewMessage::new(Role::Assistant, answer_text);
             answer.metadata = metadata;
             vec![question, answer]
         })
@@ -510,26 +601,7 @@ async fn interact(
             e => IntentLayerError::store(&e),
         })?
         .ok_or_else(IntentLayerError::session_not_found)?;
-    // Written after the commit: if it fails, the client gets a 500 for a turn that is stored but whose audio
-    // will never render (before, the touch was committed first and the messages lost in that case).
-    let file = service
-        .audio
-        .schedule(
-            &touched.id,
-            touched.interaction_count,
-            &response_text,
-            language,
-        )
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot record the answer's audio");
-            IntentLayerError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: "Impossible de préparer l'audio de la réponse".into(),
-                field: None,
-            }
-        })?;
-    let response_audio = audio::url(&file);
+    let response_audio = audio::url(&audio::file_name(&touched.id, touched.interaction_count));
     let [question, answer]: [Message; 2] = stored.try_into().map_err(|_| {
         IntentLayerError::store(&StoreError::Corrupt(
             "a turn did not return its two messages".to_owned(),
@@ -540,19 +612,6 @@ async fn interact(
         .chat_requests_total
         .with_label_values(&[KIND])
         .inc();
-
-    // Render the audio now, in the background, if a renderer is free; otherwise the first GET renders it.
-    if let Some(permit) = service.audio.try_reserve() {
-        let api = state.api.clone();
-        state.tasks.spawn(
-            async move {
-                if let Err(error) = api.intentlayer.audio.render(&file, Some(permit)).await {
-                    tracing::debug!(%error, file, "answer audio not rendered");
-                }
-            }
-            .in_current_span(),
-        );
-    }
 
     tracing::info!(intent = analysis.intent.as_str(), "intentlayer interaction");
     Ok(ChatResponse {
@@ -587,7 +646,9 @@ struct Info {
 }
 
 async fn info(State(state): State<AppState>, Path(session_id): Path<String>) -> ApiResult<Info> {
-    let session = live_session(&state, &session_id).await?;
+    let id = known_id(&session_id)?;
+    check_rate(&state, RateKey::Session(id))?;
+    let session = live_session(&state, id).await?;
     Ok(Json(Info {
         success: true,
         message: "Session trouvée",
@@ -606,7 +667,9 @@ async fn remove(
     State(state): State<AppState>,
     Path(session_id): Path<String>,
 ) -> ApiResult<Deleted> {
-    let session = live_session(&state, &session_id).await?;
+    let id = known_id(&session_id)?;
+    check_rate(&state, RateKey::Session(id))?;
+    let session = live_session(&state, id).await?;
     discard(&state, &session.id)
         .await
         .map_err(|e| IntentLayerError::store(&e))?;
@@ -635,6 +698,7 @@ async fn list(State(state): State<AppState>, Path(user_id): Path<String>) -> Api
         ));
     }
     valid_user_id(&user_id)?;
+    check_rate(&state, RateKey::User(&user_id))?;
     let sessions = state
         .chat
         .store()
@@ -665,7 +729,8 @@ async fn list(State(state): State<AppState>, Path(user_id): Path<String>) -> Api
 // Audio
 
 async fn audio_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
-    match state.api.intentlayer.audio.read(&file).await {
+    let lookup = |session: String, n: u64| stored_script(&state, session, n);
+    match state.api.intentlayer.audio.read(&file, lookup).await {
         Ok(bytes) => {
             let mut response = bytes.into_response();
             let headers = response.headers_mut();
@@ -676,20 +741,104 @@ async fn audio_file(State(state): State<AppState>, Path(file): Path<String>) -> 
             );
             response
         }
-        Err(AudioError::NotFound) => IntentLayerError {
-            status: StatusCode::NOT_FOUND,
-            message: "Fichier audio non trouvé".into(),
-            field: None,
+        Err(AudioError::NotFound) => {
+            IntentLayerError::new(StatusCode::NOT_FOUND, "Fichier audio non trouvé").into_response()
         }
-        .into_response(),
+        Err(AudioError::Lookup(error)) => IntentLayerError::store(&error).into_response(),
         Err(error) => {
             tracing::error!(%error, file, "audio file cannot be served");
-            IntentLayerError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: "Fichier audio indisponible".into(),
-                field: None,
-            }
+            IntentLayerError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Fichier audio indisponible",
+            )
             .into_response()
+        }
+    }
+}
+
+/// What answer `n` of session `session_id` (a store id) says, from the store; `None` when the session is gone
+/// (deleted, expired, evicted) or has no such answer.
+async fn stored_script(
+    state: &AppState,
+    session_id: String,
+    n: u64,
+) -> Result<Option<Script>, AudioError> {
+    let store = state.chat.store();
+    let Some(session) = store.get_session(&session_id).await? else {
+        return Ok(None);
+    };
+    let answered = i64::try_from(n).is_ok_and(|n| n >= 1 && n <= session.interaction_count);
+    if session.kind != KIND || !session.active || is_expired(&session) || !answered {
+        return Ok(None);
+    }
+    let Some(conversation) = session.conversation_id.as_deref() else {
+        return Ok(None);
+    };
+    let Some(answer) = stored_answer(state, conversation, &session, n).await? else {
+        return Ok(None);
+    };
+    // Answers stored before the language was recorded get the session's preference, else French.
+    let language = answer
+        .metadata
+        .get("language")
+        .or_else(|| session.metadata.get("language"))
+        .and_then(Value::as_str)
+        .and_then(Language::from_preference)
+        .unwrap_or(Language::Fr);
+    Ok(Some(Script {
+        text: answer.content,
+        language,
+    }))
+}
+
+/// The answer of interaction `n` (`1 <= n <= interaction_count`): the assistant message whose
+/// `response_audio` names it. Every interaction appends its question then its answer, so answer `n` is normally
+/// the message `2 * (interaction_count - n)` places from the end: one indexed read, shortest for the recent
+/// answers clients ask for. A conversation that holds other messages as well is searched, newest first.
+async fn stored_answer(
+    state: &AppState,
+    conversation: &str,
+    session: &Session,
+    n: u64,
+) -> Result<Option<Message>, StoreError> {
+    let store = state.chat.store();
+    let url = audio::url(&audio::file_name(&session.id, n as i64));
+    let is_answer = |message: &Message| {
+        message.role == Role::Assistant
+            && message
+                .metadata
+                .get("response_audio")
+                .and_then(Value::as_str)
+                == Some(url.as_str())
+    };
+    let from_end = (session.interaction_count - n as i64).saturating_mul(2);
+    if let Ok(offset) = u32::try_from(from_end) {
+        let query = MessageQuery {
+            offset,
+            limit: 1,
+            order: Order::Desc,
+            ..MessageQuery::default()
+        };
+        let page = store.list_messages(conversation, &query).await?;
+        if let Some(answer) = page.items.into_iter().find(is_answer) {
+            return Ok(Some(answer));
+        }
+    }
+    let mut before = None;
+    loop {
+        let query = MessageQuery {
+            before,
+            limit: 1000,
+            order: Order::Desc,
+            ..MessageQuery::default()
+        };
+        let page = store.list_messages(conversation, &query).await?;
+        if let Some(answer) = page.items.into_iter().find(is_answer) {
+            return Ok(Some(answer));
+        }
+        match page.next_cursor {
+            Some(cursor) if page.has_more => before = Some(cursor),
+            _ => return Ok(None),
         }
     }
 }
@@ -702,25 +851,30 @@ fn sweep_interval(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
+/// How often the rate limiters forget idle keys: often enough that memory follows the keys of the last few
+/// seconds (a key is forgotten once back at a full burst), rarely enough that the scans cost nothing.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 /// Spawns the sweeper: removes orphaned audio once, then expired sessions (and their audio) every
-/// [`sweep_interval`], and prunes the chatbot rate limiter. Tracked by `state.tasks`; ends with `state.shutdown`.
+/// [`sweep_interval`], and prunes the rate limiters (this surface's and the chatbot's) every [`PRUNE_EVERY`].
+/// Tracked by `state.tasks`; ends with `state.shutdown`.
 pub fn spawn_sweeper(state: &AppState) {
     let state = state.clone();
     let every = sweep_interval(state.api.intentlayer.ttl);
     state.tasks.clone().spawn(async move {
         remove_orphaned_audio(&state).await;
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune = tokio::time::Instant::now();
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = state.shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            sweep_once(&state).await;
-            if last_prune.elapsed() >= Duration::from_secs(60) {
-                state.api.chatbot.prune();
-                last_prune = tokio::time::Instant::now();
+                _ = sweep.tick() => sweep_once(&state).await,
+                _ = prune.tick() => {
+                    state.api.chatbot.prune();
+                    state.api.intentlayer.limiter.prune();
+                }
             }
         }
     });

@@ -4,6 +4,7 @@
 //! - [`chatbot`]: seed 004, the chatbot WebSocket client (`/chatbot/...`, `/ws/chat/{session_id}`).
 //! - [`intentlayer`]: seed 000, IntentLayer sessions (`/api/v1/sessions/...`, `/audio/{file}`).
 //! - [`auth`]: JWT bearer tokens for the chatbot surface.
+//! - [`rate_limit`]: the keyed request-rate limiter both surfaces use (per user, per session).
 //!
 //! Each surface keeps its own documented error shape (see `docs/chatbot-api.md` and
 //! `docs/intentlayer-api.md`); only this layer knows the seeds' JSON field names.
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod chatbot;
 pub mod intentlayer;
+pub mod rate_limit;
 pub mod realtime_http;
 
 use axum::Router;
@@ -32,7 +34,7 @@ pub struct ApiService {
     pub jwt: auth::JwtVerifier,
     /// Live chatbot sockets and the per-user message rate limiter.
     pub chatbot: chatbot::ChatbotService,
-    /// IntentLayer audio and sessions housekeeping.
+    /// IntentLayer audio, request rate limiter and sessions housekeeping.
     pub intentlayer: intentlayer::IntentLayerService,
 }
 

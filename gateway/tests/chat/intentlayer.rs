@@ -1,5 +1,6 @@
 //! Seed 000 over real sockets: the documented examples, errors, limits, expiry and audio.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -154,7 +155,7 @@ async fn seed_create_and_chat_examples() {
     assert_eq!(response["session_info"]["interaction_count"], 1);
     assert!(is_timestamp(&response["session_info"]["last_activity"]));
 
-    // The audio URL has the seed's form and serves a WAV.
+    // The audio URL has the seed's form and serves the answer, spoken.
     let audio = response["response_audio"].as_str().unwrap();
     assert!(
         audio.starts_with("/audio/response_") && audio.ends_with(".wav"),
@@ -164,9 +165,11 @@ async fn seed_create_and_chat_examples() {
     assert_eq!(wav.status().as_u16(), 200);
     assert_eq!(wav.headers()["content-type"], "audio/wav");
     let bytes = wav.bytes().await.unwrap();
-    assert!(bytes.len() > 44 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE");
-    let data_len = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
-    assert!(data_len > 0 && data_len <= bytes.len() - 44);
+    assert_spoken(
+        &bytes,
+        "J'ai créé un formulaire de contact avec les champs nom, email et message.",
+        "fr",
+    );
 
     // The interaction is stored through the chat domain.
     let store = server.state.chat.store();
@@ -691,4 +694,254 @@ async fn llm_analysis_is_validated_with_the_rules_as_fallback() {
         "Voici un menu de navigation avec les sections principales de votre site."
     );
     assert_eq!(requests.lock().unwrap().len(), 2);
+}
+
+/// What `espeak-ng` makes of `text` in `language` (the server's synthesiser when it is installed, fed the same
+/// way: the text and a newline on stdin); `None` when it is not installed.
+fn espeak_rendering(text: &str, language: &str) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("expected.wav");
+    let mut child = match std::process::Command::new("espeak-ng")
+        .args(["-v", language, "-w"])
+        .arg(&out)
+        .arg("--stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => panic!("cannot run espeak-ng: {error}"),
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    Some(std::fs::read(out).unwrap())
+}
+
+/// Asserts that `bytes` is `text` spoken in `language`: a RIFF/WAVE file with audible samples that is, byte for
+/// byte, espeak-ng's rendering of the text when espeak-ng is installed, else the generated tone.
+fn assert_spoken(bytes: &[u8], text: &str, language: &str) {
+    assert!(bytes.len() > 44 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE");
+    let samples = voxgate_dsp::wav::WavReader::new(std::io::Cursor::new(bytes))
+        .expect("a readable WAV")
+        .read_to_end()
+        .expect("readable samples");
+    let peak = samples.iter().fold(0.0_f32, |peak, s| peak.max(s.abs()));
+    assert!(
+        !samples.is_empty() && peak > 0.05,
+        "silent audio (peak {peak})"
+    );
+    match espeak_rendering(text, language) {
+        Some(expected) => assert!(
+            bytes == expected.as_slice(),
+            "the WAV is not espeak-ng's rendering of {text:?} in {language}"
+        ),
+        None => assert_eq!(bytes, voxgate::api::intentlayer::tts::tone_wav().as_slice()),
+    }
+}
+
+async fn get_audio(server: &voxgate::testing::TestServer, url: &str) -> (u16, Vec<u8>) {
+    let response = client().get(server.http_url(url)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn audio_is_rendered_on_request_from_the_stored_answer() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "hugo", "en").await);
+    let first = chat(&server, &id, "Please create a contact form").await;
+    let second = chat(&server, &id, "Add a button").await;
+    // The chat requests wrote nothing to disk: the answers are in the store only.
+    let dir = audio_dir(&server, &id);
+    assert!(!dir.exists(), "a chat request wrote audio files");
+    let store = server.state.chat.store();
+    let answer = store
+        .get_message(first["response_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.metadata["language"], "en");
+
+    // Concurrent first requests of one answer share one render and get the same bytes.
+    let url = second["response_audio"].as_str().unwrap().to_owned();
+    let gets: Vec<_> = (0..4)
+        .map(|_| {
+            let url = server.http_url(&url);
+            tokio::spawn(async move {
+                let response = client().get(url).send().await.unwrap();
+                (response.status().as_u16(), response.bytes().await.unwrap())
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for get in gets {
+        let (status, body) = get.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|pair| pair[0] == pair[1]));
+    assert_spoken(&bodies[0], second["response_text"].as_str().unwrap(), "en");
+    let (status, bytes) = get_audio(&server, first["response_audio"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_spoken(&bytes, first["response_text"].as_str().unwrap(), "en");
+    // Cached beside each other in the session directory, nothing else.
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["response_1.wav", "response_2.wav"]);
+
+    // An answer that does not exist (yet), or a session that never did: the seed's 404.
+    let store_id = id.strip_prefix("sess_").unwrap();
+    let expected = json!({"success": false, "message": "Fichier audio non trouvé"});
+    for url in [
+        format!("/audio/response_{store_id}_3.wav"),
+        format!("/audio/response_{store_id}_0.wav"),
+        format!("/audio/response_{}_1.wav", uuid::Uuid::new_v4()),
+    ] {
+        assert_eq!(get(&server, &url).await, (404, expected.clone()), "{url}");
+    }
+    assert!(!std::path::Path::new(&dir).join("response_3.wav").exists());
+
+    // A conversation holding more than the turns (another writer appended to it): the answer is still found.
+    let conversation = answer.conversation_id.clone();
+    store
+        .append_message(
+            &conversation,
+            &voxgate::chat::NewMessage::new(voxgate::chat::Role::User, "a note"),
+        )
+        .await
+        .unwrap();
+    let third = chat(&server, &id, "Ajoute une carte").await;
+    let (status, bytes) = get_audio(&server, third["response_audio"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_spoken(&bytes, third["response_text"].as_str().unwrap(), "en");
+    // The first answer, its cached file lost, sits at another place than a turn count predicts.
+    std::fs::remove_file(dir.join("response_1.wav")).unwrap();
+    let (status, bytes) = get_audio(&server, first["response_audio"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert_spoken(&bytes, first["response_text"].as_str().unwrap(), "en");
+}
+
+/// The seed's 429: the limit named, `Retry-After` equal to the additive `retry_after`.
+async fn assert_rate_limited(response: reqwest::Response, per_minute: u32) {
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = json_response(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(keys(&body), ["message", "retry_after", "success"]);
+    assert_eq!(body["success"], false);
+    assert_eq!(body["retry_after"], retry_after);
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{per_minute} requêtes par minute")),
+        "{message}"
+    );
+}
+
+fn post_request(
+    server: &voxgate::testing::TestServer,
+    path: &str,
+    body: Value,
+) -> reqwest::RequestBuilder {
+    client().post(server.http_url(path)).json(&body)
+}
+
+#[tokio::test]
+async fn requests_past_the_rate_limit_are_429_and_change_nothing() {
+    // 2 per minute: one every 30 s and a burst of 1, so that nothing replenishes while the test runs, however
+    // slow the machine; the wait is simulated by moving the limiter's clock.
+    let server = start(|config| config.chat.intentlayer_rate_per_minute = 2).await;
+    let limiter = server.state.api.intentlayer.rate_limiter();
+    let id = session_id(&create(&server, "ines", "fr").await);
+    let store_id = id.strip_prefix("sess_").unwrap().to_owned();
+    let store = server.state.chat.store();
+    // An invalid request is not counted: the one request of the burst is still there.
+    let (status, _) = post(
+        &server,
+        "/api/v1/sessions/chat",
+        json!({"session_id": id, "message": ""}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    chat(&server, &id, "Ajoute un bouton").await;
+
+    // Past the limit: refused, and nothing stored.
+    let message = json!({"session_id": id, "message": "Ajoute un menu de navigation"});
+    let response = post_request(&server, "/api/v1/sessions/chat", message)
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(response, 2).await;
+    let session = store.get_session(&store_id).await.unwrap().unwrap();
+    assert_eq!(session.interaction_count, 1);
+    let conversation = session.conversation_id.unwrap();
+    assert_eq!(store.count_messages(&conversation).await.unwrap(), 2);
+    // info and delete spend the same session budget: the session is not deleted.
+    let response = client()
+        .get(server.http_url(&format!("/api/v1/sessions/info/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(response, 2).await;
+    let response = client()
+        .delete(server.http_url(&format!("/api/v1/sessions/delete/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(response, 2).await;
+    assert!(store.get_session(&store_id).await.unwrap().is_some());
+
+    // create and list spend the user's budget (create already took it): refused, nothing created.
+    let response = post_request(
+        &server,
+        "/api/v1/sessions/create",
+        json!({"user_id": "ines"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_rate_limited(response, 2).await;
+    let response = client()
+        .get(server.http_url("/api/v1/sessions/list/ines"))
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(response, 2).await;
+    let sessions = store
+        .list_sessions("ines", Some("intentlayer"), true)
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+
+    // Another user and their session are unaffected.
+    let other = session_id(&create(&server, "jules", "fr").await);
+    let response = chat(&server, &other, "Ajoute un bouton").await;
+    assert_eq!(response["session_info"]["interaction_count"], 1);
+
+    // Half a minute later (the limiter's clock moved instead of sleeping), each budget has one request again.
+    limiter.clock().advance(Duration::from_secs(30));
+    let response = chat(&server, &id, "Ajoute un menu de navigation").await;
+    assert_eq!(response["session_info"]["interaction_count"], 2);
+    let (status, listed) = get(&server, "/api/v1/sessions/list/ines").await;
+    assert_eq!((status, listed["total"].as_u64()), (200, Some(1)));
+}
+
+#[tokio::test]
+async fn a_rate_of_zero_disables_the_limit() {
+    let server = start(|config| config.chat.intentlayer_rate_per_minute = 0).await;
+    let id = session_id(&create(&server, "karl", "fr").await);
+    for _ in 0..40 {
+        let (status, body) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(server.state.api.intentlayer.rate_limiter().keys(), 0);
 }

@@ -1,20 +1,23 @@
 //! The spoken answers of IntentLayer sessions: `/audio/response_<session>_<n>.wav`.
 //!
-//! A chat answer gets its URL at once. What to say is written beside the future WAV
-//! (`response_<n>.txt`: the language, then the text), so a pending answer costs disk, not memory, and
-//! survives a restart. The WAV is rendered in the background right after the answer when a renderer is free
-//! (at most [`MAX_CONCURRENT_RENDERS`] run at a time; a busy server skips the background render rather than
-//! queueing without bound), and in any case by the first `GET`, which waits for it. The URL is never broken.
+//! A chat answer gets its URL at once and costs no file I/O: what to say is the answer itself, already committed
+//! in the store. The first `GET` of a URL looks the answer up (through the lookup its caller passes, so this
+//! module knows files, not the store), renders it and caches the WAV on disk; later `GET`s read the file.
+//! Concurrent `GET`s of one file share one lookup and one render, at most [`MAX_CONCURRENT_RENDERS`] renders run
+//! at a time, and a `GET` waits for a renderer rather than failing. No render ever starts on its own, so a burst
+//! of chat requests never turns into a burst of synthesiser processes.
 //!
 //! Files live in one directory per session (`<data_dir>/audio/<session uuid>/`), so removing a session's audio
 //! (delete, expiry, eviction) is one directory removal. Renders write into `<data_dir>/audio/.tmp/` and rename
-//! into the session directory; a removal waits for renders in progress, so nothing is written back afterwards.
+//! into the session directory. A removal waits for the renders in progress; the caller removes the session from
+//! the store first, so a render that starts afterwards finds no answer and writes nothing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::classifier::Language;
 use super::tts::Tts;
@@ -32,6 +35,18 @@ pub enum AudioError {
     /// Reading or writing the files failed.
     #[error("audio file error: {0}")]
     Io(#[from] std::io::Error),
+    /// The answer could not be looked up.
+    #[error("cannot look the answer up: {0}")]
+    Lookup(#[from] crate::chat::StoreError),
+}
+
+/// What one answer's audio says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// The answer's text (`response_text`).
+    pub text: String,
+    /// The voice to speak it with.
+    pub language: Language,
 }
 
 /// A render in progress, so that concurrent requests for one file render it once and a session removal can
@@ -48,7 +63,8 @@ pub struct AudioStore {
     tts: Tts,
     /// Renders in progress by file name. A std mutex: it is never held across an await.
     renders: Mutex<HashMap<String, Render>>,
-    permits: Arc<Semaphore>,
+    /// Renderer slots: a `GET` waits for one, so renders are bounded and none fails for lack of a slot.
+    permits: Semaphore,
 }
 
 impl std::fmt::Debug for AudioStore {
@@ -108,7 +124,7 @@ impl AudioStore {
             tmp,
             tts,
             renders: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_RENDERS)),
+            permits: Semaphore::new(MAX_CONCURRENT_RENDERS),
         })
     }
 
@@ -130,54 +146,47 @@ impl AudioStore {
         self.session_dir(session).join(format!("response_{n}.wav"))
     }
 
-    fn text_path(&self, session: &str, n: u64) -> PathBuf {
-        self.session_dir(session).join(format!("response_{n}.txt"))
-    }
-
     fn lock_renders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Render>> {
         self.renders
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records answer `n` of `session` to be spoken and returns its public file name.
+    /// The bytes of a public file: the cached WAV, or else the answer `lookup(session uuid, n)` returns,
+    /// rendered now and cached. `lookup` runs at most once per render, however many requests wait for it;
+    /// `Ok(None)` means there is no such answer (any more).
     ///
     /// # Errors
-    /// If the text cannot be written.
-    pub async fn schedule(
-        &self,
-        session: &str,
-        n: i64,
-        text: &str,
-        language: Language,
-    ) -> Result<String, AudioError> {
-        let n = u64::try_from(n).map_err(|_| AudioError::NotFound)?;
-        tokio::fs::create_dir_all(self.session_dir(session)).await?;
-        tokio::fs::write(
-            self.text_path(session, n),
-            format!("{}\n{text}", language.code()),
-        )
-        .await?;
-        Ok(file_name(session, n as i64))
+    /// [`AudioError::NotFound`] for a bad name or an unknown answer; [`AudioError::Lookup`] when the lookup
+    /// fails; [`AudioError::Io`] when the files cannot be read or written.
+    pub async fn read<F, Fut>(&self, file: &str, lookup: F) -> Result<Vec<u8>, AudioError>
+    where
+        F: FnOnce(String, u64) -> Fut,
+        Fut: Future<Output = Result<Option<Script>, AudioError>>,
+    {
+        let (session, n) = parse_file_name(file).ok_or(AudioError::NotFound)?;
+        // Cached: no lock, no lookup. The rename that put it there is atomic, so a file seen is a whole WAV.
+        if let Some(bytes) = read_if_exists(&self.wav_path(session, n)).await? {
+            return Ok(bytes);
+        }
+        self.render(file, session, n, lookup).await?;
+        read_if_exists(&self.wav_path(session, n))
+            .await?
+            .ok_or(AudioError::NotFound)
     }
 
-    /// A renderer slot if one is free now: the background render after an answer takes one only when the
-    /// server is not already busy rendering, so background work never queues up.
-    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.permits).try_acquire_owned().ok()
-    }
-
-    /// Makes sure the WAV of `file` exists, rendering it if needed (with `permit` when given, else waiting
-    /// for a free renderer).
-    ///
-    /// # Errors
-    /// [`AudioError::NotFound`] for a bad name or an answer whose session is gone.
-    pub async fn render(
+    /// Makes sure the WAV of `file` exists, one render per file at a time.
+    async fn render<F, Fut>(
         &self,
         file: &str,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), AudioError> {
-        let (session, n) = parse_file_name(file).ok_or(AudioError::NotFound)?;
+        session: &str,
+        n: u64,
+        lookup: F,
+    ) -> Result<(), AudioError>
+    where
+        F: FnOnce(String, u64) -> Fut,
+        Fut: Future<Output = Result<Option<Script>, AudioError>>,
+    {
         let lock = {
             let mut renders = self.lock_renders();
             let render = renders.entry(file.to_owned()).or_insert_with(|| Render {
@@ -187,7 +196,7 @@ impl AudioStore {
             Arc::clone(&render.lock)
         };
         let guard = lock.lock().await;
-        let outcome = self.render_locked(session, n, permit).await;
+        let outcome = self.render_locked(session, n, lookup).await;
         drop(guard);
         let mut renders = self.lock_renders();
         // The last one out removes the entry (a waiter holds another clone of the lock).
@@ -197,74 +206,52 @@ impl AudioStore {
         outcome
     }
 
-    async fn render_locked(
+    async fn render_locked<F, Fut>(
         &self,
         session: &str,
         n: u64,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), AudioError> {
+        lookup: F,
+    ) -> Result<(), AudioError>
+    where
+        F: FnOnce(String, u64) -> Fut,
+        Fut: Future<Output = Result<Option<Script>, AudioError>>,
+    {
         let wav = self.wav_path(session, n);
+        // Rendered by the request we waited for.
         if tokio::fs::try_exists(&wav).await? {
             return Ok(());
         }
-        let script = match tokio::fs::read_to_string(self.text_path(session, n)).await {
-            Ok(script) => script,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(AudioError::NotFound);
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let (code, text) = script.split_once('\n').unwrap_or(("fr", ""));
-        let language = Language::from_preference(code).unwrap_or(Language::Fr);
-        let _permit = match permit {
-            Some(permit) => permit,
-            None => Arc::clone(&self.permits)
-                .acquire_owned()
-                .await
-                .map_err(|_| std::io::Error::other("renderer closed"))?,
-        };
+        let Script { text, language } = lookup(session.to_owned(), n)
+            .await?
+            .ok_or(AudioError::NotFound)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| std::io::Error::other("renderer closed"))?;
         let tmp = self
             .tmp
             .join(format!("{}.wav", uuid::Uuid::new_v4().simple()));
-        match self.tts.synthesize(text, language, &tmp).await {
+        match self.tts.synthesize(&text, language, &tmp).await {
             Ok(backend) => tracing::debug!(session, n, ?backend, "answer audio rendered"),
             Err(error) => {
                 remove_file(&tmp).await;
                 return Err(std::io::Error::other(error.to_string()).into());
             }
         }
-        // The session directory is gone if the session was removed meanwhile: then so is the answer.
-        match tokio::fs::rename(&tmp, &wav).await {
-            Ok(()) => {
-                remove_file(&self.text_path(session, n)).await;
-                Ok(())
-            }
-            Err(error) => {
-                remove_file(&tmp).await;
-                if error.kind() == std::io::ErrorKind::NotFound {
-                    Err(AudioError::NotFound)
-                } else {
-                    Err(error.into())
-                }
-            }
+        let placed = match tokio::fs::create_dir_all(self.session_dir(session)).await {
+            Ok(()) => tokio::fs::rename(&tmp, &wav).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = placed {
+            remove_file(&tmp).await;
+            return Err(error.into());
         }
+        Ok(())
     }
 
-    /// The bytes of a public file, rendering it first if needed.
-    ///
-    /// # Errors
-    /// [`AudioError::NotFound`] for a bad name or a file that does not exist (session removed).
-    pub async fn read(&self, file: &str) -> Result<Vec<u8>, AudioError> {
-        let (session, n) = parse_file_name(file).ok_or(AudioError::NotFound)?;
-        self.render(file, None).await?;
-        match tokio::fs::read(self.wav_path(session, n)).await {
-            Ok(bytes) => Ok(bytes),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(AudioError::NotFound),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Removes every audio file of `session`, after the renders in progress for it have finished.
+    /// Removes every audio file of `session`, after the renders in progress for it have finished. Remove the
+    /// session from the store first: a render that starts after this call must find no answer.
     pub async fn remove_session(&self, session: &str) {
         let locks: Vec<Arc<tokio::sync::Mutex<()>>> = self
             .lock_renders()
@@ -279,16 +266,11 @@ impl AudioStore {
         self.lock_renders()
             .retain(|_, render| render.session != session || Arc::strong_count(&render.lock) > 1);
         let dir = self.session_dir(session);
-        // A render that started after the snapshot above may rename into the directory while it is being
-        // removed ("directory not empty"): try again; the rename of any later render fails instead.
-        for attempt in 1..=3 {
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => return,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
-                Err(error) if attempt == 3 => {
-                    tracing::warn!(%error, dir = %dir.display(), "cannot remove session audio");
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, dir = %dir.display(), "cannot remove session audio");
             }
         }
     }
@@ -309,6 +291,15 @@ impl AudioStore {
     }
 }
 
+/// The file's bytes, `None` if it does not exist.
+async fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 async fn remove_file(path: &Path) {
     if let Err(error) = tokio::fs::remove_file(path).await
         && error.kind() != std::io::ErrorKind::NotFound
@@ -319,6 +310,8 @@ async fn remove_file(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::super::tts::looks_like_wav;
     use super::*;
 
@@ -326,6 +319,24 @@ mod tests {
 
     fn store(dir: &Path) -> AudioStore {
         AudioStore::new(dir.join("audio"), Tts::local_only(None)).unwrap()
+    }
+
+    /// A lookup that knows one answer, `n == 1` of [`SESSION`], and counts its calls.
+    fn one_answer(
+        calls: &AtomicUsize,
+    ) -> impl FnOnce(String, u64) -> std::future::Ready<Result<Option<Script>, AudioError>> + '_
+    {
+        move |session, n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok((session == SESSION && n == 1).then(|| Script {
+                text: "Bonjour".to_owned(),
+                language: Language::Fr,
+            })))
+        }
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("audio/.tmp")).unwrap().count()
     }
 
     #[test]
@@ -344,38 +355,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_renders_on_demand_and_removal_deletes() {
+    async fn read_renders_on_demand_once_and_removal_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let file = store
-            .schedule(SESSION, 1, "Bonjour", Language::Fr)
-            .await
-            .unwrap();
-        let bytes = store.read(&file).await.unwrap();
+        let calls = AtomicUsize::new(0);
+        let file = file_name(SESSION, 1);
+        let bytes = store.read(&file, one_answer(&calls)).await.unwrap();
         assert!(looks_like_wav(&bytes));
-        // Rendered once: the text is gone, the WAV stays, nothing is left in flight.
-        assert!(!store.text_path(SESSION, 1).exists());
-        assert_eq!(store.read(&file).await.unwrap(), bytes);
+        // Cached: the second read neither looks up nor renders.
+        assert_eq!(store.read(&file, one_answer(&calls)).await.unwrap(), bytes);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(store.lock_renders().is_empty());
         assert_eq!(store.sessions_on_disk().await, vec![SESSION.to_owned()]);
+        // An answer the lookup does not know: nothing rendered, nothing written.
+        let unknown = file_name(SESSION, 2);
+        assert!(matches!(
+            store.read(&unknown, one_answer(&calls)).await,
+            Err(AudioError::NotFound)
+        ));
+        assert!(!store.wav_path(SESSION, 2).exists());
         store.remove_session(SESSION).await;
-        assert!(matches!(store.read(&file).await, Err(AudioError::NotFound)));
+        assert!(matches!(
+            store.read(&file, |_, _| std::future::ready(Ok(None))).await,
+            Err(AudioError::NotFound)
+        ));
         assert!(store.sessions_on_disk().await.is_empty());
+        assert_eq!(tmp_files(dir.path()), 0);
     }
 
     #[tokio::test]
-    async fn removal_drops_pending_answers_and_concurrent_reads_share_a_render() {
+    async fn concurrent_reads_share_one_lookup_and_render() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(store(dir.path()));
-        let file = store
-            .schedule(SESSION, 2, "Hello", Language::En)
-            .await
-            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let file = file_name(SESSION, 1);
         let reads: Vec<_> = (0..4)
             .map(|_| {
                 let store = Arc::clone(&store);
+                let calls = Arc::clone(&calls);
                 let file = file.clone();
-                tokio::spawn(async move { store.read(&file).await.unwrap() })
+                tokio::spawn(async move {
+                    store
+                        .read(&file, |_, _| async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            // Long enough for every read to queue behind the first.
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            Ok(Some(Script {
+                                text: "Hello".to_owned(),
+                                language: Language::En,
+                            }))
+                        })
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut outputs = Vec::new();
@@ -383,34 +415,49 @@ mod tests {
             outputs.push(read.await.unwrap());
         }
         assert!(outputs.windows(2).all(|pair| pair[0] == pair[1]));
-        let pending = store
-            .schedule(SESSION, 3, "Later", Language::En)
-            .await
-            .unwrap();
-        store.remove_session(SESSION).await;
-        assert!(matches!(
-            store.read(&pending).await,
-            Err(AudioError::NotFound)
-        ));
-        assert!(!dir.path().join("audio").join(SESSION).exists());
-        // No temporary file is left behind.
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("audio/.tmp"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(store.lock_renders().is_empty());
     }
 
     #[tokio::test]
-    async fn background_renders_never_queue() {
+    async fn removal_waits_for_a_render_in_progress() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
-        let held: Vec<_> = (0..MAX_CONCURRENT_RENDERS)
-            .map(|_| store.try_reserve().unwrap())
-            .collect();
-        assert!(store.try_reserve().is_none());
-        drop(held);
-        assert!(store.try_reserve().is_some());
+        let store = Arc::new(store(dir.path()));
+        let (looked_up, lookup_started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let read = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .read(&file_name(SESSION, 1), |_, _| async move {
+                        looked_up.send(()).unwrap();
+                        released.await.unwrap();
+                        Ok(Some(Script {
+                            text: "Bonjour".to_owned(),
+                            language: Language::Fr,
+                        }))
+                    })
+                    .await
+            })
+        };
+        lookup_started.await.unwrap();
+        let removal = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.remove_session(SESSION).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!removal.is_finished(), "removal waits for the render");
+        release.send(()).unwrap();
+        removal.await.unwrap();
+        // The render finished before the removal, which then removed its file: nothing is left behind.
+        assert!(!dir.path().join("audio").join(SESSION).exists());
+        assert_eq!(tmp_files(dir.path()), 0);
+        // The reader either read the WAV before the removal or found it gone: never a partial file.
+        match read.await.unwrap() {
+            Ok(bytes) => assert!(looks_like_wav(&bytes)),
+            Err(AudioError::NotFound) => {}
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+        assert!(store.lock_renders().is_empty());
     }
 }
