@@ -122,6 +122,52 @@ async fn echo_mode_relays_audio_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn a_burst_the_session_cannot_queue_is_read_later_not_closed() {
+    // One slot of input queue: a burst of frames arriving in one read cannot all be queued at once. The reader
+    // must wait for the session (TCP pushes back on the client), not call it a flood: one second of audio
+    // is far below the flood guard's 4x real time past a 10-second burst.
+    let server = TestServer::start_with(|c| {
+        c.voice.local_engine_mode = LocalEngineMode::Echo;
+        c.voice.input_queue_frames = 1;
+    })
+    .await
+    .expect("server starts");
+    let mut client = Client::connect(&server.ws_url("/ws/realtime")).await;
+    client.expect_json("ready", READY).await;
+    client
+        .send_json(json!({ "type": "start_conversation" }))
+        .await;
+    let sent: Vec<u8> = (0..50 * FRAME_BYTES)
+        .map(|i| (i * 13 % 241) as u8)
+        .collect();
+    for frame in sent.chunks(FRAME_BYTES) {
+        assert!(
+            client.send_audio(frame).await,
+            "the gateway stopped reading"
+        );
+    }
+    let mut echoed: Vec<u8> = Vec::new();
+    while echoed.len() < sent.len() {
+        match client.next(Duration::from_secs(5)).await {
+            Some(Frame::Audio(a)) => echoed.extend_from_slice(&a),
+            Some(Frame::Json(_)) => {}
+            other => panic!(
+                "echo stopped at {} of {} bytes: {other:?}",
+                echoed.len(),
+                sent.len()
+            ),
+        }
+    }
+    assert_eq!(echoed, sent);
+    let metrics = http_get(&server.http_url("/metrics")).await;
+    assert!(
+        !metrics.contains(r#"voxgate_dropped_frames_total{reason="input_flood"} 1"#),
+        "{metrics}"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
 async fn converts_client_formats_both_ways() {
     let server = TestServer::start_with(|c| c.voice.local_engine_mode = LocalEngineMode::Echo)
         .await
