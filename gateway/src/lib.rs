@@ -11,6 +11,7 @@
 //! - [`voice`]: the realtime voice path (client dialect, session actor, transports, upstreams, local engine).
 //! - [`chat`]: the one chat domain: storage, text models, streaming replies.
 //! - [`api`]: one thin adapter per seed API surface.
+//! - [`speech`]: espeak-ng as a library, shared by the local engine's voice mode and IntentLayer's answers.
 
 pub mod api;
 pub mod chat;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod speech;
 pub mod state;
 #[doc(hidden)]
 pub mod testing;

@@ -54,6 +54,10 @@ pub mod labels {
     pub const TOKENS_PROMPT: &str = "prompt";
     /// `kind` of `voxgate_chat_tokens_total`.
     pub const TOKENS_COMPLETION: &str = "completion";
+    /// `surface` of `voxgate_chat_requests_total` and `voxgate_rate_limited_total`: seed 004's chatbot.
+    pub const SURFACE_CHATBOT: &str = "chatbot";
+    /// `surface`: seed 000's IntentLayer API.
+    pub const SURFACE_INTENTLAYER: &str = "intentlayer";
 }
 
 /// All gateway metrics. Cheap to share as `Arc<Metrics>`; every field is a handle into the registry.
@@ -97,6 +101,8 @@ pub struct Metrics {
     pub chat_requests_total: IntCounterVec,
     /// `voxgate_chat_tokens_total{kind}`: `prompt` and `completion` tokens.
     pub chat_tokens_total: IntCounterVec,
+    /// `voxgate_rate_limited_total{surface}`: requests (or chat messages) refused by a surface's rate limit.
+    pub rate_limited_total: IntCounterVec,
     /// `voxgate_model_latency_seconds{model_kind,phase}`: text model latency; `model_kind` is `local` or
     /// `openai_compat`, `phase` is `first_token` or `total`.
     pub model_latency_seconds: HistogramVec,
@@ -261,6 +267,11 @@ impl Metrics {
                 "Text model tokens, by kind (prompt or completion).",
                 &["kind"],
             )?,
+            rate_limited_total: counter_vec(
+                "voxgate_rate_limited_total",
+                "Requests refused by a rate limit, by API surface.",
+                &["surface"],
+            )?,
             model_latency_seconds: histogram_vec(
                 "voxgate_model_latency_seconds",
                 "Text model latency by model kind and phase (first_token or total).",
@@ -305,6 +316,9 @@ impl Metrics {
             metrics
                 .connections_rejected_total
                 .with_label_values(&[reason]);
+        }
+        for surface in [labels::SURFACE_CHATBOT, labels::SURFACE_INTENTLAYER] {
+            metrics.rate_limited_total.with_label_values(&[surface]);
         }
         for kind in [labels::TOKENS_PROMPT, labels::TOKENS_COMPLETION] {
             metrics.chat_tokens_total.with_label_values(&[kind]);
@@ -379,6 +393,7 @@ mod tests {
             "voxgate_connections_open",
             "voxgate_connections_rejected_total",
             "voxgate_chat_tokens_total",
+            "voxgate_rate_limited_total",
             "voxgate_model_latency_seconds",
             "voxgate_store_errors_total",
         ] {

@@ -134,7 +134,7 @@ pub async fn build_state(
     voice.register_health(&health);
     let chat = Arc::new(crate::chat::ChatService::connect(&config, Arc::clone(&metrics)).await?);
     chat.register_health(&health);
-    let api = Arc::new(crate::api::ApiService::new(&config)?);
+    let api = Arc::new(crate::api::ApiService::new(&config, &metrics)?);
 
     Ok(AppState {
         config,

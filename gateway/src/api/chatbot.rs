@@ -31,6 +31,7 @@ use super::rate_limit::KeyedRateLimiter;
 use super::timestamp;
 use crate::chat::{ConversationQuery, NewConversation, NewSession, Role, StoreError};
 use crate::config::{ChatbotConfig, Config};
+use crate::metrics::{Metrics, labels};
 use crate::state::AppState;
 
 pub use extract::{DocumentKind, ExtractError, extract_text};
@@ -69,13 +70,17 @@ struct LiveSocket {
 }
 
 impl ChatbotService {
-    /// State for `config.chat.ws_messages_per_minute`.
-    pub fn new(config: &Config) -> Self {
+    /// State for `config.chat.ws_messages_per_minute`; refusals count in `metrics`.
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
         // The whole minute's budget may come at once, as before the limiter was shared; at least 1 per
         // minute (the configuration refuses 0, so the WebSocket is never unlimited).
         let per_minute = config.chat.ws_messages_per_minute.max(1);
+        let refusals = metrics
+            .rate_limited_total
+            .with_label_values(&[labels::SURFACE_CHATBOT]);
         ChatbotService {
-            limiter: KeyedRateLimiter::per_minute(per_minute, per_minute),
+            limiter: KeyedRateLimiter::per_minute(per_minute, per_minute)
+                .counting_refusals(refusals),
             live: Mutex::new(HashMap::new()),
         }
     }

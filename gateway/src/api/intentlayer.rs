@@ -49,6 +49,7 @@ use crate::chat::{
     StoreError,
 };
 use crate::config::Config;
+use crate::metrics::{Metrics, labels};
 use crate::state::AppState;
 
 /// The session and conversation `kind` of this surface in the chat domain.
@@ -89,11 +90,11 @@ pub struct IntentLayerService {
 }
 
 impl IntentLayerService {
-    /// State for `config` (creates `data_dir/audio`).
+    /// State for `config` (creates `data_dir/audio`); rate-limit refusals count in `metrics`.
     ///
     /// # Errors
     /// If the audio directory cannot be created.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
         let dir = config.data_dir.join("audio");
         let audio =
             AudioStore::new(dir.clone(), tts::Tts::from_config(config)).map_err(|error| {
@@ -103,9 +104,13 @@ impl IntentLayerService {
                 )
             })?;
         let per_minute = config.chat.intentlayer_rate_per_minute;
+        let refusals = metrics
+            .rate_limited_total
+            .with_label_values(&[labels::SURFACE_INTENTLAYER]);
         Ok(IntentLayerService {
             audio,
-            limiter: KeyedRateLimiter::per_minute(per_minute, rate_burst(per_minute)),
+            limiter: KeyedRateLimiter::per_minute(per_minute, rate_burst(per_minute))
+                .counting_refusals(refusals),
             ttl: config.chat.session_ttl,
             max_per_user: config.chat.max_sessions_per_user.max(1),
         })

@@ -19,6 +19,7 @@ use axum::Router;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Every route of the seed surfaces.
@@ -51,11 +52,11 @@ impl ApiService {
     ///
     /// # Errors
     /// If the audio directory cannot be created.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
         Ok(ApiService {
             jwt: auth::JwtVerifier::new(config.chat.jwt_secret.expose().as_bytes()),
-            chatbot: chatbot::ChatbotService::new(config),
-            intentlayer: intentlayer::IntentLayerService::new(config)?,
+            chatbot: chatbot::ChatbotService::new(config, metrics),
+            intentlayer: intentlayer::IntentLayerService::new(config, metrics)?,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! IntentLayer HTTP routes (requests per session or per user).
 //!
 //! A thin layer over `governor`'s GCRA limiter that adds what both surfaces need: a per-minute rate with an
-//! explicit burst, "disabled" as a value (a rate of 0), the wait to report to a refused client, pruning for
-//! bounded memory, and a clock that tests can move forward instead of sleeping through a minute.
+//! explicit burst, "disabled" as a value (a rate of 0), the wait to report to a refused client, a counter of
+//! refusals (`voxgate_rate_limited_total{surface}`), pruning for bounded memory, and a clock that tests can move
+//! forward instead of sleeping through a minute.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use prometheus::IntCounter;
 
 /// The limiter's time: monotonic time since it was built, plus a skew that only [`LimiterClock::advance`]
 /// changes. Clones share the skew, so a test can hold the clock of a limiter living inside a server.
@@ -81,6 +83,8 @@ pub struct KeyedRateLimiter {
     per_minute: u32,
     /// A handle on the limiter's clock (shared with it).
     clock: LimiterClock,
+    /// Counts refused requests, when the surface gave one ([`KeyedRateLimiter::counting_refusals`]).
+    refusals: Option<IntCounter>,
 }
 
 impl std::fmt::Debug for KeyedRateLimiter {
@@ -106,7 +110,15 @@ impl KeyedRateLimiter {
             limiter,
             per_minute,
             clock,
+            refusals: None,
         }
+    }
+
+    /// Increments `counter` at every refusal (the surface's `voxgate_rate_limited_total` series).
+    #[must_use]
+    pub fn counting_refusals(mut self, counter: IntCounter) -> Self {
+        self.refusals = Some(counter);
+        self
     }
 
     /// Whether the limiter is on (a non-zero rate).
@@ -128,12 +140,15 @@ impl KeyedRateLimiter {
             return Ok(());
         };
         // governor's keyed API takes `&K`: the owned key is only allocated for the lookup.
-        limiter
-            .check_key(&key.to_owned())
-            .map_err(|not_until| RateLimited {
+        limiter.check_key(&key.to_owned()).map_err(|not_until| {
+            if let Some(refusals) = &self.refusals {
+                refusals.inc();
+            }
+            RateLimited {
                 per_minute: self.per_minute,
                 retry_after: not_until.wait_time_from(self.clock.now()),
-            })
+            }
+        })
     }
 
     /// Forgets keys idle long enough to be back at a full burst (they behave exactly as unknown keys), so memory
@@ -163,7 +178,8 @@ mod tests {
     #[test]
     fn burst_then_refused_until_the_next_cell() {
         // 6 per minute: one every 10 s, 2 at once.
-        let limiter = KeyedRateLimiter::per_minute(6, 2);
+        let refusals = IntCounter::new("refusals", "test").unwrap();
+        let limiter = KeyedRateLimiter::per_minute(6, 2).counting_refusals(refusals.clone());
         assert!(limiter.check("a").is_ok());
         assert!(limiter.check("a").is_ok());
         let refused = limiter.check("a").unwrap_err();
@@ -179,6 +195,7 @@ mod tests {
         limiter.clock().advance(Duration::from_secs(10));
         assert!(limiter.check("a").is_ok());
         assert!(limiter.check("a").is_err());
+        assert_eq!(refusals.get(), 2);
     }
 
     #[test]

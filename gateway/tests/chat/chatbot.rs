@@ -74,14 +74,7 @@ async fn seed_flow_end_to_end() {
         .unwrap();
     assert_eq!(stored_answer.content, first.full_response);
 
-    let metrics = client()
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("voxgate_chat_requests_total{surface=\"chatbot\"} 2"),
         "{metrics}"
@@ -390,6 +383,13 @@ async fn rate_limit_sends_an_error_and_stores_nothing() {
     next_event(&mut ws).await;
     send_message(&mut ws, "four").await;
     assert_eq!(next_event(&mut ws).await["code"], "rate_limited");
+    let exposition = metrics(&server).await;
+    for series in [
+        "voxgate_rate_limited_total{surface=\"chatbot\"} 2",
+        "voxgate_rate_limited_total{surface=\"intentlayer\"} 0",
+    ] {
+        assert!(exposition.contains(series), "{series} in {exposition}");
+    }
     // Another user has their own budget.
     let (bob_token, bob_session) = session_for(&server, "bob").await;
     let mut bob = connect(

@@ -47,6 +47,12 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The server's `GET /metrics` exposition.
+pub async fn metrics(server: &TestServer) -> String {
+    let response = client().get(server.http_url("/metrics")).send().await;
+    response.unwrap().text().await.unwrap()
+}
+
 /// Reads a response as (status, JSON body); the body must be JSON.
 pub async fn json_response(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();

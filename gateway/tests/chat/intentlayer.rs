@@ -190,14 +190,7 @@ async fn seed_create_and_chat_examples() {
     assert_eq!(answer.metadata["response_audio"], audio);
     assert_eq!(question.conversation_id, answer.conversation_id);
 
-    let metrics = client()
-        .get(server.http_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("voxgate_chat_requests_total{surface=\"intentlayer\"} 1"),
         "{metrics}"
@@ -921,6 +914,14 @@ async fn requests_past_the_rate_limit_are_429_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(sessions.len(), 1);
+    // Five refusals, counted for this surface only.
+    let exposition = metrics(&server).await;
+    for series in [
+        "voxgate_rate_limited_total{surface=\"intentlayer\"} 5",
+        "voxgate_rate_limited_total{surface=\"chatbot\"} 0",
+    ] {
+        assert!(exposition.contains(series), "{series} in {exposition}");
+    }
 
     // Another user and their session are unaffected.
     let other = session_id(&create(&server, "jules", "fr").await);

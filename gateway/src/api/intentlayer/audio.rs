@@ -229,20 +229,17 @@ impl AudioStore {
             .acquire()
             .await
             .map_err(|_| std::io::Error::other("renderer closed"))?;
+        let (bytes, backend) = self.tts.synthesize(&text, language).await;
+        tracing::debug!(session, n, ?backend, "answer audio rendered");
         let tmp = self
             .tmp
             .join(format!("{}.wav", uuid::Uuid::new_v4().simple()));
-        match self.tts.synthesize(&text, language, &tmp).await {
-            Ok(backend) => tracing::debug!(session, n, ?backend, "answer audio rendered"),
-            Err(error) => {
-                remove_file(&tmp).await;
-                return Err(std::io::Error::other(error.to_string()).into());
-            }
+        let placed = async {
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::create_dir_all(self.session_dir(session)).await?;
+            tokio::fs::rename(&tmp, &wav).await
         }
-        let placed = match tokio::fs::create_dir_all(self.session_dir(session)).await {
-            Ok(()) => tokio::fs::rename(&tmp, &wav).await,
-            Err(error) => Err(error),
-        };
+        .await;
         if let Err(error) = placed {
             remove_file(&tmp).await;
             return Err(error.into());

@@ -1,33 +1,33 @@
-//! Speech for IntentLayer answers (`response_audio`): text in, a WAV file out.
+//! Speech for IntentLayer answers (`response_audio`): text in, the bytes of a WAV file out.
 //!
 //! Backends, tried in this order until one succeeds:
 //! 1. an OpenAI-compatible speech endpoint when `chat.tts_url` is configured (the operator asked for it);
-//! 2. `espeak-ng` when it is installed (found on `PATH` at start-up), voice `fr` or `en`;
+//! 2. `espeak-ng` ([`crate::speech`]) when it is installed (found on `PATH` at start-up), voice `fr` or `en`;
 //! 3. OpenAI's `/v1/audio/speech` when an OpenAI key is configured (`OPENAI_API_KEY`);
 //! 4. a short generated tone, so that the URL handed to the client always serves a valid WAV.
 //!
-//! Every backend writes to a temporary file beside the target and renames it into place, so a reader
-//! never sees a half-written WAV.
+//! The chain hands back the WAV's bytes; the caller decides where they go (the audio store renames them into
+//! place, so a reader never sees a half-written file).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
-
 use super::classifier::Language;
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::speech::Espeak;
 
 /// Longest text handed to a synthesiser; longer answers are cut at a word boundary.
 pub const MAX_SPOKEN_CHARS: usize = 2000;
 
-/// Time allowed for one synthesis.
+/// OpenAI's public speech endpoint.
+const OPENAI_SPEECH_URL: &str = "https://api.openai.com/v1/audio/speech";
+
+/// Time allowed for one remote synthesis.
 const SYNTHESIS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Sample rate of the generated tone.
 const TONE_SAMPLE_RATE: u32 = 24_000;
 
-/// Which backend produced a file.
+/// Which backend produced the audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TtsBackend {
     /// An OpenAI-compatible speech endpoint.
@@ -38,54 +38,37 @@ pub enum TtsBackend {
     Tone,
 }
 
-/// Why a synthesis failed. Only the tone backend's I/O errors reach the caller; the others fall through.
+/// Why a speech endpoint produced no audio (logged; the chain moves on to the next backend).
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TtsError {
-    /// Writing the WAV failed.
-    #[error("cannot write audio file: {0}")]
-    Io(#[from] std::io::Error),
-    /// A backend ran but produced no usable audio.
-    #[error("{backend} failed: {reason}")]
-    Backend {
-        /// The backend name.
-        backend: &'static str,
-        /// What went wrong.
-        reason: String,
-    },
+enum RemoteSpeechError {
+    #[error("speech endpoint request failed: {0}")]
+    Request(#[source] reqwest::Error),
+    #[error("speech endpoint answered HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("speech endpoint's response is not a WAV file")]
+    NotWav,
 }
 
 /// An OpenAI-compatible `/audio/speech` endpoint.
+#[derive(Debug)]
 struct RemoteSpeech {
     /// Full URL of the speech endpoint.
     endpoint: String,
     model: String,
     voice: String,
-    key: Option<crate::config::Secret>,
+    key: Option<Secret>,
     client: reqwest::Client,
 }
 
 /// The synthesiser chain, built once from the configuration.
+#[derive(Debug)]
 pub struct Tts {
     /// The configured speech endpoint (`chat.tts_url`), tried first.
     configured: Option<RemoteSpeech>,
     /// The `espeak-ng` executable, when installed.
-    espeak: Option<PathBuf>,
+    espeak: Option<Espeak>,
     /// OpenAI's public speech endpoint, when a key is configured and no `tts_url` is.
     openai: Option<RemoteSpeech>,
-}
-
-impl std::fmt::Debug for Tts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tts")
-            .field(
-                "configured",
-                &self.configured.as_ref().map(|r| r.endpoint.as_str()),
-            )
-            .field("espeak", &self.espeak)
-            .field("openai", &self.openai.is_some())
-            .finish()
-    }
 }
 
 fn speech_client() -> Option<reqwest::Client> {
@@ -102,43 +85,30 @@ fn speech_client() -> Option<reqwest::Client> {
     }
 }
 
-/// Finds an executable by name on `PATH`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 impl Tts {
     /// Builds the chain from the configuration and what is installed.
     pub fn from_config(config: &Config) -> Self {
-        let configured = config.chat.tts_url.as_ref().and_then(|base| {
+        let remote = |endpoint: String, key: Option<Secret>| {
             Some(RemoteSpeech {
-                endpoint: format!("{}/audio/speech", base.trim_end_matches('/')),
+                endpoint,
                 model: config.chat.tts_model.clone(),
                 voice: config.voice.voice.clone(),
-                key: config
-                    .chat
-                    .llm_api_key
-                    .clone()
-                    .or_else(|| config.voice.openai_api_key.clone()),
+                key,
                 client: speech_client()?,
             })
+        };
+        let configured = config.chat.tts_url.as_ref().and_then(|base| {
+            let key =
+                (config.chat.llm_api_key.clone()).or_else(|| config.voice.openai_api_key.clone());
+            remote(format!("{}/audio/speech", base.trim_end_matches('/')), key)
         });
         let openai = match (&configured, &config.voice.openai_api_key) {
-            (None, Some(key)) => speech_client().map(|client| RemoteSpeech {
-                endpoint: "https://api.openai.com/v1/audio/speech".to_owned(),
-                model: config.chat.tts_model.clone(),
-                voice: config.voice.voice.clone(),
-                key: Some(key.clone()),
-                client,
-            }),
+            (None, Some(key)) => remote(OPENAI_SPEECH_URL.to_owned(), Some(key.clone())),
             _ => None,
         };
         let tts = Tts {
             configured,
-            espeak: find_on_path("espeak-ng"),
+            espeak: Espeak::locate(),
             openai,
         };
         if tts.configured.is_none() && tts.espeak.is_none() && tts.openai.is_none() {
@@ -151,7 +121,7 @@ impl Tts {
     }
 
     /// A chain with only the given `espeak-ng` (or none): for tests that need a known backend.
-    pub fn local_only(espeak: Option<PathBuf>) -> Self {
+    pub fn local_only(espeak: Option<Espeak>) -> Self {
         Tts {
             configured: None,
             espeak,
@@ -164,60 +134,37 @@ impl Tts {
         self.configured.is_some() || self.espeak.is_some() || self.openai.is_some()
     }
 
-    /// Speaks `text` in `language` into the WAV file `out`, trying each backend in turn.
-    ///
-    /// # Errors
-    /// Only when even the tone cannot be written (disk full, directory gone).
-    pub async fn synthesize(
-        &self,
-        text: &str,
-        language: Language,
-        out: &Path,
-    ) -> Result<TtsBackend, TtsError> {
+    /// Speaks `text` in `language` as the bytes of a WAV file, trying each backend in turn; the tone when
+    /// none succeeds, so there is always audio to serve.
+    pub async fn synthesize(&self, text: &str, language: Language) -> (Vec<u8>, TtsBackend) {
         let text = spoken_text(text);
-        let tmp = temp_path(out);
         if let Some(remote) = &self.configured {
-            match remote.synthesize(&text, &tmp).await {
-                Ok(()) => return finish(&tmp, out, TtsBackend::Remote).await,
+            match remote.synthesize(&text).await {
+                Ok(wav) => return (wav, TtsBackend::Remote),
                 Err(error) => {
                     tracing::warn!(%error, "configured speech endpoint failed; trying the next synthesiser")
                 }
             }
         }
         if let Some(espeak) = &self.espeak {
-            match espeak_ng(espeak, &text, language, &tmp).await {
-                Ok(()) => return finish(&tmp, out, TtsBackend::Espeak).await,
+            match espeak.wav(&text, language.code()).await {
+                Ok(wav) => return (wav, TtsBackend::Espeak),
                 Err(error) => {
                     tracing::warn!(%error, "espeak-ng failed; trying the next synthesiser")
                 }
             }
         }
         if let Some(remote) = &self.openai {
-            match remote.synthesize(&text, &tmp).await {
-                Ok(()) => return finish(&tmp, out, TtsBackend::Remote).await,
+            match remote.synthesize(&text).await {
+                Ok(wav) => return (wav, TtsBackend::Remote),
                 Err(error) => {
                     tracing::warn!(%error, "OpenAI speech failed; falling back to a tone")
                 }
             }
         }
-        tracing::info!(file = %out.display(), "no speech synthesiser succeeded: writing a tone");
-        let bytes = tone_wav();
-        tokio::fs::write(&tmp, bytes).await?;
-        finish(&tmp, out, TtsBackend::Tone).await
+        tracing::info!("no speech synthesiser succeeded: answering with a tone");
+        (tone_wav(), TtsBackend::Tone)
     }
-}
-
-async fn finish(tmp: &Path, out: &Path, backend: TtsBackend) -> Result<TtsBackend, TtsError> {
-    tokio::fs::rename(tmp, out).await?;
-    Ok(backend)
-}
-
-fn temp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.with_file_name(format!(".tmp-{}-{name}", uuid::Uuid::new_v4().simple()))
 }
 
 /// The text as spoken: bounded in length, cut at a word boundary.
@@ -237,81 +184,8 @@ pub fn looks_like_wav(bytes: &[u8]) -> bool {
     bytes.len() > 44 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE"
 }
 
-async fn remove_quietly(path: &Path) {
-    if let Err(error) = tokio::fs::remove_file(path).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(%error, file = %path.display(), "cannot remove temporary audio file");
-    }
-}
-
-async fn espeak_ng(
-    program: &Path,
-    text: &str,
-    language: Language,
-    tmp: &Path,
-) -> Result<(), TtsError> {
-    let fail = |reason: String| TtsError::Backend {
-        backend: "espeak-ng",
-        reason,
-    };
-    // The text goes through stdin, never argv: it may start with '-' and argv is visible in `ps`.
-    let mut child = tokio::process::Command::new(program)
-        .arg("-v")
-        .arg(language.code())
-        .arg("-w")
-        .arg(tmp)
-        .arg("--stdin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| fail(format!("cannot start: {error}")))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
-    let input = text.to_owned();
-    let run = async move {
-        stdin.write_all(input.as_bytes()).await?;
-        stdin.write_all(b"\n").await?;
-        drop(stdin);
-        child.wait_with_output().await
-    };
-    let output = match tokio::time::timeout(SYNTHESIS_TIMEOUT, run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(error)) => {
-            remove_quietly(tmp).await;
-            return Err(fail(error.to_string()));
-        }
-        Err(_) => {
-            remove_quietly(tmp).await;
-            return Err(fail(format!("timed out after {SYNTHESIS_TIMEOUT:?}")));
-        }
-    };
-    if !output.status.success() {
-        remove_quietly(tmp).await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(fail(format!(
-            "exit status {}: {}",
-            output.status,
-            stderr.trim()
-        )));
-    }
-    let head = tokio::fs::read(tmp)
-        .await
-        .map_err(|error| fail(format!("no output file: {error}")))?;
-    if !looks_like_wav(&head) {
-        remove_quietly(tmp).await;
-        return Err(fail("output is not a WAV file".into()));
-    }
-    Ok(())
-}
-
 impl RemoteSpeech {
-    async fn synthesize(&self, text: &str, tmp: &Path) -> Result<(), TtsError> {
-        let fail = |reason: String| TtsError::Backend {
-            backend: "speech endpoint",
-            reason,
-        };
+    async fn synthesize(&self, text: &str) -> Result<Vec<u8>, RemoteSpeechError> {
         let body = serde_json::json!({
             "model": self.model,
             "input": text,
@@ -325,20 +199,19 @@ impl RemoteSpeech {
         let response = request
             .send()
             .await
-            .map_err(|error| fail(error.without_url().to_string()))?;
+            .map_err(|error| RemoteSpeechError::Request(error.without_url()))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(fail(format!("HTTP {status}")));
+            return Err(RemoteSpeechError::Status(status));
         }
         let bytes = response
             .bytes()
             .await
-            .map_err(|error| fail(error.without_url().to_string()))?;
+            .map_err(|error| RemoteSpeechError::Request(error.without_url()))?;
         if !looks_like_wav(&bytes) {
-            return Err(fail("response is not a WAV file".into()));
+            return Err(RemoteSpeechError::NotWav);
         }
-        tokio::fs::write(tmp, &bytes).await?;
-        Ok(())
+        Ok(bytes.into())
     }
 }
 
@@ -387,31 +260,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn espeak_or_tone_writes_a_wav() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("a.wav");
-        let tts = Tts::local_only(find_on_path("espeak-ng"));
-        let backend = tts
-            .synthesize("Bonjour, voici votre formulaire.", Language::Fr, &out)
-            .await
-            .unwrap();
-        let bytes = std::fs::read(&out).unwrap();
-        assert!(looks_like_wav(&bytes));
-        assert_eq!(backend == TtsBackend::Espeak, tts.has_speech());
-        // Nothing temporary is left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[tokio::test]
     async fn failing_espeak_falls_back_to_the_tone() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("b.wav");
-        let tts = Tts::local_only(Some(PathBuf::from("/bin/false")));
+        let tts = Tts::local_only(Some(Espeak::new("/bin/false")));
         assert_eq!(
-            tts.synthesize("x", Language::En, &out).await.unwrap(),
-            TtsBackend::Tone
+            tts.synthesize("x", Language::En).await,
+            (tone_wav(), TtsBackend::Tone)
         );
-        assert!(looks_like_wav(&std::fs::read(&out).unwrap()));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::engine::{EngineMode, EngineSettings, LocalEngine, Output};
-use super::tts::Speech;
+use crate::speech::Speech;
 use crate::voice::protocol::openai::{self, AudioDeltaIds, ClientEvent, ServerEvent};
 
 /// Test hooks of one connection (see `testkit`): record what the client sends, misbehave on command.
