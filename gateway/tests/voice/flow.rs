@@ -87,6 +87,18 @@ async fn seed_client_flow_end_to_end() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// Reads bot audio after `echoed` (what already came back) until `len` bytes did; panics if it stops.
+async fn read_echo(client: &mut Client, mut echoed: Vec<u8>, len: usize) -> Vec<u8> {
+    while echoed.len() < len {
+        match client.next(Duration::from_secs(5)).await {
+            Some(Frame::Audio(a)) => echoed.extend_from_slice(&a),
+            Some(Frame::Json(_)) => {}
+            other => panic!("echo stopped at {} of {len} bytes: {other:?}", echoed.len()),
+        }
+    }
+    echoed
+}
+
 #[tokio::test]
 async fn echo_mode_relays_audio_byte_for_byte() {
     let server = TestServer::start_with(|c| c.voice.local_engine_mode = LocalEngineMode::Echo)
@@ -106,17 +118,7 @@ async fn echo_mode_relays_audio_byte_for_byte() {
             echoed.extend_from_slice(a);
         }
     }
-    while echoed.len() < sent.len() {
-        match client.next(Duration::from_secs(2)).await {
-            Some(Frame::Audio(a)) => echoed.extend_from_slice(&a),
-            Some(Frame::Json(_)) => {}
-            other => panic!(
-                "echo stopped at {} of {} bytes: {other:?}",
-                echoed.len(),
-                sent.len()
-            ),
-        }
-    }
+    let echoed = read_echo(&mut client, echoed, sent.len()).await;
     assert_eq!(echoed, sent, "the relay must not change a byte");
     server.shutdown().await.expect("clean shutdown");
 }
@@ -146,18 +148,7 @@ async fn a_burst_the_session_cannot_queue_is_read_later_not_closed() {
             "the gateway stopped reading"
         );
     }
-    let mut echoed: Vec<u8> = Vec::new();
-    while echoed.len() < sent.len() {
-        match client.next(Duration::from_secs(5)).await {
-            Some(Frame::Audio(a)) => echoed.extend_from_slice(&a),
-            Some(Frame::Json(_)) => {}
-            other => panic!(
-                "echo stopped at {} of {} bytes: {other:?}",
-                echoed.len(),
-                sent.len()
-            ),
-        }
-    }
+    let echoed = read_echo(&mut client, Vec::new(), sent.len()).await;
     assert_eq!(echoed, sent);
     let metrics = http_get(&server.http_url("/metrics")).await;
     assert!(
