@@ -240,6 +240,13 @@ pub async fn run_with_router(
         // Connection tasks end as soon as they see `force_close`; other tasks were told long ago.
         let _ = tokio::time::timeout(Duration::from_millis(200), state.tasks.wait()).await;
     }
+    // The store last: its writers record the turns already queued, then the pools close (SQLite checkpoints).
+    if tokio::time::timeout(drain, state.chat.store().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store did not close within {drain:?}");
+    }
     Ok(())
 }
 

@@ -91,6 +91,11 @@ impl TestServer {
 
     /// Cancels the server and waits until it has drained and returned.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop().await
+    }
+
+    /// Like [`TestServer::shutdown`], but keeps the data directory, so a test can open what the server left.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         match self.handle.take() {
             Some(handle) => handle.await.context("server task panicked")?,

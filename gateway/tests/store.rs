@@ -27,6 +27,7 @@ impl Fixture {
         let store = Store::open_sqlite(&dir.path().join("voxgate.db"))
             .await
             .expect("open SQLite store");
+        cache_on(&store).await;
         Fixture {
             store,
             _dir: Some(dir),
@@ -54,11 +55,28 @@ impl Fixture {
             .await
             .expect("open PostgreSQL store");
         assert_eq!(store.backend_name(), "postgres");
+        cache_on(&store).await;
         Fixture {
             store,
             _dir: None,
             pg: Some((admin_url, name)),
         }
+    }
+
+    /// A second, independent store (its own pools, cache and watcher) on the same database: another process.
+    async fn second_store(&self) -> Store {
+        let store = match (&self._dir, &self.pg) {
+            (Some(dir), _) => Store::open_sqlite(&dir.path().join("voxgate.db")).await,
+            (None, Some((admin_url, name))) => {
+                let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
+                url.set_path(&format!("/{name}"));
+                Store::connect(url.as_str()).await
+            }
+            (None, None) => unreachable!("a fixture has a directory or a database"),
+        };
+        let store = store.expect("open a second store");
+        cache_on(&store).await;
+        store
     }
 
     /// Drops a PostgreSQL test database (a throwaway server would be removed anyway; a shared one would not).
@@ -72,6 +90,20 @@ impl Fixture {
                 .execute(&mut admin)
                 .await;
         }
+    }
+}
+
+/// Starts the store's session cache (its first session read starts the watcher of other writers) and waits
+/// until it serves reads, so that the whole suite runs with the cache in the way.
+async fn cache_on(store: &Store) {
+    store.get_session("no-such-session").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !store.session_cache_enabled() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session cache never turned on"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -142,7 +174,43 @@ both_backends!(
     records,
     concurrent_appends_lose_nothing,
     record_turn_is_one_atomic_write,
+    concurrent_turns_are_all_kept_with_exact_counts,
+    one_group_commit_isolates_failed_turns,
+    a_failed_group_commit_fails_every_turn_of_it,
+    a_dropped_session_write_still_updates_the_cache,
 );
+
+/// Runs a case that needs a second store on the same database: `sqlite::<case>` and `postgres::<case>`.
+macro_rules! two_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_two_stores {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::Fixture::sqlite().await;
+                    let second = fixture.second_store().await;
+                    super::cases::$case(&fixture.store, &second).await;
+                    second.close().await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+        mod postgres_two_stores {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::Fixture::postgres().await;
+                    let second = fixture.second_store().await;
+                    super::cases::$case(&fixture.store, &second).await;
+                    second.close().await;
+                    fixture.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+two_stores!(session_cache_sees_another_writer);
 
 fn conversation(owner: &str, kind: &str, scope: &str, title: &str) -> NewConversation {
     NewConversation {
@@ -1122,15 +1190,7 @@ mod cases {
             ),
             "{err:?}"
         );
-        assert_eq!(
-            store
-                .get_session(&bare.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .interaction_count,
-            0
-        );
+        assert_eq!(interactions(store, &bare.id).await, 0);
 
         // A closed or unknown session: `None`, the messages are never built, nothing is written.
         assert!(store.close_session(&session.id).await.unwrap());
@@ -1151,15 +1211,539 @@ mod cases {
                 .is_none()
         );
         assert_eq!(store.count_messages(&conv.id).await.unwrap(), 26);
+        assert_eq!(interactions(store, &session.id).await, 13);
+    }
+
+    /// A session for turns: intentlayer kind, with its own conversation unless `conversation` is false.
+    async fn turn_session(
+        store: &Store,
+        user: &str,
+        conversation: bool,
+    ) -> (Session, Option<String>) {
+        let conv = if conversation {
+            Some(
+                store
+                    .create_conversation(&super::conversation(user, "intentlayer", "", ""))
+                    .await
+                    .unwrap()
+                    .id,
+            )
+        } else {
+            None
+        };
+        let session = store
+            .create_session(&NewSession {
+                kind: "intentlayer".into(),
+                scope: String::new(),
+                user_id: user.into(),
+                conversation_id: conv.clone(),
+                ttl: None,
+                metadata: json!({}),
+                close_others_in_scope: false,
+            })
+            .await
+            .unwrap();
+        (session, conv)
+    }
+
+    /// A turn whose answer records the interaction count it was built from.
+    fn echo_turn(text: String) -> impl FnOnce(&Session) -> Vec<NewMessage> + Send + 'static {
+        move |touched: &Session| {
+            let mut answer = NewMessage::new(Role::Assistant, format!("re: {text}"));
+            answer.metadata = json!({"interaction": touched.interaction_count});
+            vec![NewMessage::new(Role::User, text), answer]
+        }
+    }
+
+    pub async fn concurrent_turns_are_all_kept_with_exact_counts(store: &Store) {
+        const SESSIONS: usize = 6;
+        const TURNS_PER_SESSION: usize = 30;
+        let mut sessions = Vec::new();
+        for i in 0..SESSIONS {
+            sessions.push(turn_session(store, &format!("user{i}"), true).await);
+        }
+        let (closed, _) = turn_session(store, "closer", true).await;
+        assert!(store.close_session(&closed.id).await.unwrap());
+        let (bare, _) = turn_session(store, "bare", false).await;
+
+        // Every turn its own task, interleaved across sessions, with turns that must fail mixed in.
+        let mut tasks = Vec::new();
+        for turn in 0..TURNS_PER_SESSION {
+            for (i, (session, _)) in sessions.iter().enumerate() {
+                let store = store.clone();
+                let id = session.id.clone();
+                let text = format!("s{i} t{turn}");
+                tasks.push(tokio::spawn(async move {
+                    let (touched, stored) = store
+                        .record_turn(&id, None, echo_turn(text.clone()))
+                        .await
+                        .expect("a turn on a live session")
+                        .expect("the session is active");
+                    assert_eq!(touched.id, id);
+                    assert_eq!(stored.len(), 2);
+                    assert_eq!(stored[0].content, text);
+                    assert_eq!(
+                        stored[1].metadata,
+                        json!({"interaction": touched.interaction_count})
+                    );
+                    assert!(stored[0].seq < stored[1].seq);
+                    (i, touched.interaction_count, stored)
+                }));
+            }
+            if turn % 5 == 0 {
+                let store = store.clone();
+                let (closed, bare) = (closed.id.clone(), bare.id.clone());
+                tasks.push(tokio::spawn(async move {
+                    assert!(
+                        store
+                            .record_turn(&closed, None, echo_turn("x".into()))
+                            .await
+                            .unwrap()
+                            .is_none()
+                    );
+                    let err = store
+                        .record_turn(&bare, None, echo_turn("y".into()))
+                        .await
+                        .unwrap_err();
+                    assert!(
+                        matches!(
+                            err,
+                            StoreError::NotFound {
+                                what: "conversation"
+                            }
+                        ),
+                        "{err:?}"
+                    );
+                    (usize::MAX, 0, Vec::new())
+                }));
+            }
+        }
+        let mut counts = vec![Vec::new(); SESSIONS];
+        for task in tasks {
+            let (i, count, stored) = task.await.expect("turn task");
+            if i == usize::MAX {
+                continue;
+            }
+            counts[i].push(count);
+            for message in stored {
+                // Acknowledged means stored.
+                assert_eq!(store.get_message(&message.id).await.unwrap(), Some(message));
+            }
+        }
+        for (i, (session, conv)) in sessions.iter().enumerate() {
+            counts[i].sort_unstable();
+            assert_eq!(
+                counts[i],
+                (1..=TURNS_PER_SESSION as i64).collect::<Vec<_>>(),
+                "distinct, gapless interaction counts"
+            );
+            let conv = conv.as_deref().unwrap();
+            assert_eq!(
+                store.count_messages(conv).await.unwrap(),
+                2 * TURNS_PER_SESSION as i64
+            );
+            assert_eq!(
+                store
+                    .get_conversation(conv)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .message_count,
+                2 * TURNS_PER_SESSION as i64
+            );
+            assert_eq!(
+                interactions(store, &session.id).await,
+                TURNS_PER_SESSION as i64
+            );
+        }
+        assert_eq!(interactions(store, &closed.id).await, 0);
+        assert_eq!(interactions(store, &bare.id).await, 0);
+    }
+
+    /// Holds the database's write lock (SQLite) or a lock on `sessions` that blocks updates (PostgreSQL) on a
+    /// connection of its own, so the turn writer blocks in its current batch and later turns queue up.
+    async fn hold_session_writes(store: &Store) -> Box<dyn std::any::Any + Send> {
+        match store.backend() {
+            store::Backend::Sqlite(s) => {
+                let mut conn = s.pool().acquire().await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                Box::new(conn)
+            }
+            store::Backend::Postgres(p) => {
+                let mut conn = p.pool().acquire().await.unwrap();
+                sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+                sqlx::query("LOCK TABLE sessions IN SHARE MODE")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                Box::new(conn)
+            }
+        }
+    }
+
+    async fn release_session_writes(store: &Store, held: Box<dyn std::any::Any + Send>) {
+        match store.backend() {
+            store::Backend::Sqlite(_) => {
+                let mut conn = *held
+                    .downcast::<sqlx::pool::PoolConnection<sqlx::Sqlite>>()
+                    .unwrap();
+                sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+            }
+            store::Backend::Postgres(_) => {
+                let mut conn = *held
+                    .downcast::<sqlx::pool::PoolConnection<sqlx::Postgres>>()
+                    .unwrap();
+                sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+            }
+        }
+    }
+
+    pub async fn one_group_commit_isolates_failed_turns(store: &Store) {
+        // One writer: every turn queued while it is blocked goes into its next batch (PostgreSQL has several).
+        let store = &store.clone().with_turn_writers(1);
+        let (a, a_conv) = turn_session(store, "a", true).await;
+        let (b, b_conv) = turn_session(store, "b", true).await;
+        let (bare, _) = turn_session(store, "bare", false).await;
+        let (closed, _) = turn_session(store, "closed", true).await;
+        let (doomed, doomed_conv) = turn_session(store, "doomed", true).await;
+        assert!(store.close_session(&closed.id).await.unwrap());
+
+        // The first turn takes the writer and blocks on the held lock; the others queue behind it and are then
+        // taken together as the next batch: one transaction, one commit.
+        let held = hold_session_writes(store).await;
+        type Build = Box<dyn FnOnce(&Session) -> Vec<NewMessage> + Send>;
+        let spawn = |id: String, build: Build| {
+            let store = store.clone();
+            tokio::spawn(async move { store.record_turn(&id, None, build).await })
+        };
+        let blocked = spawn(a.id.clone(), Box::new(echo_turn("first".into())));
+        // Time for the writer to take it and block (a loaded machine may be slow to schedule the tasks).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let batch = vec![
+            spawn(a.id.clone(), Box::new(echo_turn("a1".into()))),
+            spawn(
+                bare.id.clone(),
+                Box::new(echo_turn("no conversation".into())),
+            ),
+            spawn(b.id.clone(), Box::new(echo_turn("b1".into()))),
+            spawn(closed.id.clone(), Box::new(echo_turn("closed".into()))),
+            spawn(
+                doomed.id.clone(),
+                Box::new(|_: &Session| -> Vec<NewMessage> { panic!("a turn builder that fails") }),
+            ),
+            spawn(a.id.clone(), Box::new(echo_turn("a2".into()))),
+            spawn(
+                "no-such-session".into(),
+                Box::new(echo_turn("unknown".into())),
+            ),
+        ];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!blocked.is_finished(), "the writer waits for the held lock");
+        release_session_writes(store, held).await;
+
+        let (first, _) = blocked.await.unwrap().unwrap().unwrap();
+        let mut results = Vec::new();
+        for task in batch {
+            results.push(task.await.unwrap());
+        }
+        let mut results = results.into_iter();
+        let (a1, a1_messages) = results.next().unwrap().unwrap().unwrap();
+        let err = results.next().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    what: "conversation"
+                }
+            ),
+            "{err:?}"
+        );
+        let (b1, b1_messages) = results.next().unwrap().unwrap().unwrap();
+        assert!(
+            results.next().unwrap().unwrap().is_none(),
+            "a closed session records nothing"
+        );
+        let err = results.next().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    field: "messages",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let (a2, a2_messages) = results.next().unwrap().unwrap().unwrap();
+        assert!(
+            results.next().unwrap().unwrap().is_none(),
+            "an unknown session records nothing"
+        );
+
+        // Turns of one session, two of them in one batch: distinct counts (in the order the spawned tasks
+        // happened to queue them), each built into its own answer.
+        let mut counts = [
+            first.interaction_count,
+            a1.interaction_count,
+            a2.interaction_count,
+        ];
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 2, 3]);
         assert_eq!(
+            a1_messages[1].metadata,
+            json!({"interaction": a1.interaction_count})
+        );
+        assert_eq!(
+            a2_messages[1].metadata,
+            json!({"interaction": a2.interaction_count})
+        );
+        assert_eq!(b1.interaction_count, 1);
+        // One batch: the turns share the transaction's timestamp.
+        let stamps: std::collections::BTreeSet<_> = [&a1_messages, &b1_messages, &a2_messages]
+            .iter()
+            .flat_map(|m| m.iter().map(|m| m.created_at))
+            .collect();
+        assert_eq!(stamps.len(), 1, "one group commit");
+        // The failed turns rolled back alone: their touches are undone, the others' writes kept.
+        for (id, count) in [
+            (&bare.id, 0),
+            (&doomed.id, 0),
+            (&closed.id, 0),
+            (&a.id, 3),
+            (&b.id, 1),
+        ] {
+            assert_eq!(interactions(store, id).await, count, "{id}");
+        }
+        assert_eq!(messages_in(store, &a_conv).await, 6);
+        assert_eq!(messages_in(store, &b_conv).await, 2);
+        assert_eq!(messages_in(store, &doomed_conv).await, 0);
+
+        // The writer survived the panicking builder.
+        let (doomed_now, _) = store
+            .record_turn(&doomed.id, None, echo_turn("again".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(doomed_now.interaction_count, 1);
+    }
+
+    /// A stored session's interaction count.
+    async fn interactions(store: &Store, id: &str) -> i64 {
+        let session = store.get_session(id).await.expect("read the session");
+        session.expect("the session exists").interaction_count
+    }
+
+    /// Messages stored in a session's conversation.
+    async fn messages_in(store: &Store, conversation: &Option<String>) -> i64 {
+        let id = conversation
+            .as_deref()
+            .expect("the session has a conversation");
+        store.count_messages(id).await.expect("count messages")
+    }
+
+    /// Makes every later COMMIT that contains a message with `content` fail: a deferred constraint, checked
+    /// only at commit time.
+    async fn poison_commits_with(store: &Store, content: &str) {
+        match store.backend() {
+            store::Backend::Sqlite(s) => {
+                let mut conn = s.pool().acquire().await.unwrap();
+                sqlx::raw_sql(
+                    "CREATE TABLE commit_guard (conversation_id TEXT \
+                     REFERENCES conversations (id) DEFERRABLE INITIALLY DEFERRED)",
+                )
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE TRIGGER poison AFTER INSERT ON messages WHEN NEW.content = '{content}' \
+                     BEGIN INSERT INTO commit_guard VALUES ('no such conversation'); END"
+                )))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+            store::Backend::Postgres(p) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'poisoned commit'; END $$; \
+                     CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON messages \
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                     WHEN (NEW.content = '{content}') EXECUTE FUNCTION poison()"
+                )))
+                .execute(p.pool())
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    pub async fn a_failed_group_commit_fails_every_turn_of_it(store: &Store) {
+        // One writer: every turn queued while it is blocked goes into its next batch (PostgreSQL has several).
+        let store = &store.clone().with_turn_writers(1);
+        let (a, a_conv) = turn_session(store, "a", true).await;
+        let (b, b_conv) = turn_session(store, "b", true).await;
+        // Cached before the batch, so a stale touched row would show.
+        assert_eq!(interactions(store, &a.id).await, 0);
+        poison_commits_with(store, "poison").await;
+
+        let held = hold_session_writes(store).await;
+        let spawn = |id: String, text: &str| {
+            let store = store.clone();
+            let build = echo_turn(text.to_owned());
+            tokio::spawn(async move { store.record_turn(&id, None, build).await })
+        };
+        let blocked = spawn(b.id.clone(), "first");
+        // Time for the writer to take it and block (a loaded machine may be slow to schedule the tasks).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let batch = [
+            spawn(a.id.clone(), "fine"),
+            spawn(b.id.clone(), "poison"),
+            spawn(a.id.clone(), "fine too"),
+        ];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        release_session_writes(store, held).await;
+        let (first, _) = blocked.await.unwrap().unwrap().unwrap();
+        assert_eq!(first.interaction_count, 1);
+
+        // The poisoned turn itself succeeded inside the transaction; the COMMIT failed, so every turn of the
+        // batch gets the error and nothing of it is stored or cached.
+        for task in batch {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(matches!(err, StoreError::GroupCommit(_)), "{err:?}");
+            assert!(err.is_backend_failure());
+        }
+        assert_eq!(interactions(store, &a.id).await, 0);
+        assert_eq!(interactions(store, &b.id).await, 1);
+        assert_eq!(messages_in(store, &a_conv).await, 0);
+        assert_eq!(messages_in(store, &b_conv).await, 2);
+
+        // The writer goes on with the next batch.
+        let (again, _) = store
+            .record_turn(&a.id, None, echo_turn("after".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.interaction_count, 1);
+        assert_eq!(store.get_session(&a.id).await.unwrap(), Some(again));
+    }
+
+    pub async fn a_dropped_session_write_still_updates_the_cache(store: &Store) {
+        let (session, _) = turn_session(store, "alice", true).await;
+        assert!(
             store
                 .get_session(&session.id)
                 .await
                 .unwrap()
                 .unwrap()
-                .interaction_count,
-            13
+                .active
         );
+        // The caller gives up after the first poll (a client that went away). A session write, once started,
+        // is carried through: the close commits, and the cache hears of it.
+        let mut close = Box::pin(store.close_session(&session.id));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(close.as_mut().poll(&mut cx).is_pending());
+        drop(close);
+        let started = std::time::Instant::now();
+        loop {
+            // Straight from the database (listings are never cached).
+            let listed = store.list_sessions("alice", None, false).await.unwrap();
+            if !listed.iter().any(|s| s.id == session.id && s.active) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the close never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Committed, so the cache must not keep serving the active row.
+        until_seen(store, &session.id, |s| s.is_some_and(|s| !s.active)).await;
+    }
+
+    /// Polls `first` until `done` holds for its session read, or fails after a generous multiple of the
+    /// documented bound (250 ms on SQLite; a notification's delivery on PostgreSQL). Returns the wait.
+    async fn until_seen(
+        first: &Store,
+        id: &str,
+        done: impl Fn(Option<&Session>) -> bool,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        loop {
+            let session = first.get_session(id).await.unwrap();
+            if done(session.as_ref()) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the write never became visible through the cache"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn session_cache_sees_another_writer(first: &Store, second: &Store) {
+        let (session, _) = turn_session(first, "alice", true).await;
+        assert_eq!(
+            first.get_session(&session.id).await.unwrap(),
+            Some(session.clone())
+        );
+
+        // The read is really served from the cache: a write made beside it (through the backend directly, on
+        // this store's own connections) is not seen by this store.
+        let touched = match first.backend() {
+            store::Backend::Sqlite(s) => s.touch_session(&session.id, None).await,
+            store::Backend::Postgres(p) => p.touch_session(&session.id, None).await,
+        }
+        .unwrap()
+        .unwrap();
+        assert_eq!(touched.interaction_count, 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            first
+                .get_session(&session.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .interaction_count,
+            0,
+            "served from the cache"
+        );
+
+        // Another store's writes become visible within the bound: a turn, a close, a delete.
+        let (turned, _) = second
+            .record_turn(&session.id, None, echo_turn("from the second".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(turned.interaction_count, 2);
+        let waits = [
+            until_seen(first, &session.id, |s| {
+                s.is_some_and(|s| s.interaction_count == 2)
+            })
+            .await,
+            {
+                assert!(second.close_session(&session.id).await.unwrap());
+                until_seen(first, &session.id, |s| s.is_some_and(|s| !s.active)).await
+            },
+            {
+                assert!(second.delete_session(&session.id).await.unwrap());
+                until_seen(first, &session.id, |s| s.is_none()).await
+            },
+        ];
+        // Generous multiples of the documented bounds (250 ms polls on SQLite; a notification's delivery on
+        // PostgreSQL), for a loaded machine.
+        let bound = match first.backend() {
+            store::Backend::Sqlite(_) => store::sqlite::DATA_VERSION_POLL * 8,
+            store::Backend::Postgres(_) => Duration::from_secs(1),
+        };
+        for wait in waits {
+            assert!(wait <= bound, "seen after {wait:?}, bound {bound:?}");
+        }
+        // The second store, which wrote, saw its own writes at once.
+        assert_eq!(second.get_session(&session.id).await.unwrap(), None);
     }
 
     pub async fn concurrent_appends_lose_nothing(store: &Store) {

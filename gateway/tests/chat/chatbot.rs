@@ -711,15 +711,14 @@ async fn shutdown_closes_chat_sockets_with_going_away() {
         expect_close(&mut ws).await,
         (1001, "Server shutting down".to_owned())
     );
-    let store = server.state.chat.store().clone();
-    server.shutdown().await.unwrap();
-    // The drain waited for the socket task, which closed the session.
-    assert!(
-        !store
-            .get_session(&session_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .active
-    );
+    let mut server = server;
+    server.stop().await.unwrap();
+    // The drain waited for the socket task, which closed the session, and the store closed after it: what the
+    // server left on disk says so.
+    let store = voxgate::chat::Store::connect(server.state.config.database_url().as_str())
+        .await
+        .unwrap();
+    let session = store.get_session(&session_id).await.unwrap().unwrap();
+    assert!(!session.active);
+    store.close().await;
 }

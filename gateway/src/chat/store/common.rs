@@ -7,7 +7,9 @@
 //! - `CONVERSATION_FOR_UPDATE`: reads a conversation row inside that transaction (PostgreSQL adds `FOR UPDATE`);
 //! - `push_metadata_eq(builder, key, value)`: a condition "metadata's top-level `key` as text equals `value`";
 //! - `writer()`: the pool write statements run on (SQLite keeps a one-connection writer pool, see there);
-//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`.
+//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`;
+//! - `MULTI_STATEMENT_QUERIES`: whether one query with parameters may hold several statements (SQLite: yes;
+//!   PostgreSQL's extended protocol: no), which saves a round trip per chat turn in a group commit.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -53,9 +55,20 @@ macro_rules! attachment_columns {
         "id, conversation_id, message_id, owner, filename, mime, size_bytes, created_at"
     };
 }
+/// Records one interaction on an active session ($1 id, $2 now, $3 new expiry or NULL) and returns it.
+macro_rules! touch_session_sql {
+    () => {
+        concat!(
+            "UPDATE sessions SET last_activity = CASE WHEN last_activity > $2 THEN last_activity ELSE $2 END, ",
+            "interaction_count = interaction_count + 1, expires_at = COALESCE($3, expires_at) ",
+            "WHERE id = $1 AND active = TRUE RETURNING ",
+            session_columns!()
+        )
+    };
+}
 pub(super) use {
     attachment_columns, conversation_columns, document_columns, message_columns, rating_columns,
-    session_columns, user_columns,
+    session_columns, touch_session_sql, user_columns,
 };
 
 #[derive(sqlx::FromRow)]
@@ -308,6 +321,30 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Rows per multi-row `INSERT`: far below PostgreSQL's 65,535 bind parameters (8 per message row).
+pub(super) const MAX_ROWS_PER_INSERT: usize = 1000;
+
+/// Puts the rows an `INSERT … RETURNING` gave back (in no guaranteed order) in the order of the ids inserted.
+pub(super) fn in_input_order(
+    mut rows: Vec<Message>,
+    ids: &[String],
+) -> Result<Vec<Message>, StoreError> {
+    if rows.len() != ids.len() {
+        return Err(StoreError::Corrupt(format!(
+            "inserted {} messages, {} returned",
+            ids.len(),
+            rows.len()
+        )));
+    }
+    let position: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    rows.sort_by_key(|m| position.get(m.id.as_str()).copied().unwrap_or(usize::MAX));
+    Ok(rows)
+}
+
 pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     to_micros(t)
 }
@@ -522,37 +559,89 @@ macro_rules! store_queries {
                 Ok(stored)
             }
 
-            pub async fn record_turn<F>(
+            /// Records `jobs` (see [`super::turns`]) in ONE transaction, each turn inside its own savepoint: a
+            /// turn that fails rolls back to its savepoint alone and answers its error. Returns each turn's outcome
+            /// in order once the transaction has committed; `Err` (nothing stored) if the transaction as a whole
+            /// failed.
+            ///
+            /// Each turn's savepoint is released when the next one opens, in the same round trip: nested
+            /// savepoints would make SQLite copy every page a turn changes into a sub-journal that grows with the
+            /// batch (and spills to a temporary file past 64 KiB), and each would stay an open subtransaction in
+            /// PostgreSQL. The COMMIT releases the last one. Where the backend allows several statements with
+            /// parameters in one query (SQLite), opening the savepoint and touching the session are one round trip.
+            ///
+            /// A database error while touching fails the whole batch: it is the transaction failing (the disk, a
+            /// lock), not the turn, and with the savepoint opened in the same query it is not known whether the
+            /// savepoint exists to roll back to.
+            pub(super) async fn record_turns(
                 &self,
-                session_id: &str,
-                ttl: Option<Duration>,
-                messages: F,
-            ) -> StoreResult<Option<(Session, Vec<Message>)>>
-            where
-                F: FnOnce(&Session) -> Vec<NewMessage>,
-            {
+                jobs: &mut [super::turns::TurnJob],
+            ) -> Result<Vec<super::turns::TurnOutcome>, sqlx::Error> {
                 let now = micros(now());
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                let Some(row) = Self::touch_session_query(session_id, ttl, now).fetch_optional(&mut *tx).await?
-                else {
-                    // Nothing was written: dropping the transaction rolls it back.
-                    return Ok(None);
-                };
-                let session = Session::from(row);
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for (i, job) in jobs.iter_mut().enumerate() {
+                    let touch_sql = match (Self::MULTI_STATEMENT_QUERIES, i) {
+                        (true, 0) => concat!("SAVEPOINT turn; ", touch_session_sql!()),
+                        (true, _) => concat!("RELEASE SAVEPOINT turn; SAVEPOINT turn; ", touch_session_sql!()),
+                        (false, 0) => {
+                            sqlx::raw_sql("SAVEPOINT turn").execute(&mut *tx).await?;
+                            touch_session_sql!()
+                        }
+                        (false, _) => {
+                            sqlx::raw_sql("RELEASE SAVEPOINT turn; SAVEPOINT turn").execute(&mut *tx).await?;
+                            touch_session_sql!()
+                        }
+                    };
+                    let touched =
+                        Self::touch_session_query(touch_sql, &job.session_id, job.ttl, now).fetch_optional(&mut *tx).await?;
+                    let outcome = match touched {
+                        // Unknown or closed: nothing was written, and the messages are never built.
+                        None => Ok(None),
+                        Some(row) => Self::finish_turn(&mut tx, job, Session::from(row), now).await,
+                    };
+                    if outcome.is_err() {
+                        sqlx::query("ROLLBACK TO SAVEPOINT turn").execute(&mut *tx).await?;
+                    }
+                    outcomes.push(outcome);
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            /// The rest of one turn inside the batch transaction, once its session is touched: the messages built
+            /// from the touched session.
+            async fn finish_turn(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                job: &mut super::turns::TurnJob,
+                session: Session,
+                now: i64,
+            ) -> super::turns::TurnOutcome {
                 let Some(conversation_id) = session.conversation_id.clone() else {
                     return Err(StoreError::NotFound { what: "conversation" });
                 };
-                let new = messages(&session);
+                let build = job
+                    .messages
+                    .take()
+                    .ok_or_else(|| StoreError::Corrupt("a turn was recorded twice".to_owned()))?;
+                // The builder is the caller's code running on the writer task: a panic in it fails its turn,
+                // not the writer and every later turn.
+                let touched = &session;
+                let new = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || build(touched)))
+                    .map_err(|_| StoreError::Invalid {
+                        field: "messages",
+                        reason: "building the turn's messages panicked".to_owned(),
+                    })?;
                 let stored = if new.is_empty() {
                     Vec::new()
                 } else {
-                    Self::insert_messages(&mut tx, &conversation_id, &new, now).await?
+                    Self::insert_messages(tx, &conversation_id, &new, now).await?
                 };
-                tx.commit().await?;
                 Ok(Some((session, stored)))
             }
 
             /// Inserts `new` into a conversation inside `tx`, bumping its counts first where no trigger does.
+            /// The rows go in with one multi-row `INSERT … RETURNING` (per [`MAX_ROWS_PER_INSERT`]).
             async fn insert_messages(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 conversation_id: &str,
@@ -575,12 +664,26 @@ macro_rules! store_queries {
                     }
                 }
                 let mut stored = Vec::with_capacity(new.len());
-                for message in new {
-                    let row = Self::insert_message(conversation_id, message, now)
-                        .fetch_one(&mut **tx)
-                        .await
-                        .map_err(Self::missing_conversation)?;
-                    stored.push(Message::try_from(row)?);
+                for chunk in new.chunks(MAX_ROWS_PER_INSERT) {
+                    let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, \
+                         completion_tokens, created_at) ",
+                    );
+                    qb.push_values(chunk.iter().zip(&ids), |mut row, (message, id)| {
+                        row.push_bind(id.clone())
+                            .push_bind(conversation_id.to_owned())
+                            .push_bind(message.role.as_str())
+                            .push_bind(message.content.clone())
+                            .push_bind(Json(object_or_empty(&message.metadata)))
+                            .push_bind(i64::from(message.prompt_tokens))
+                            .push_bind(i64::from(message.completion_tokens))
+                            .push_bind(now);
+                    });
+                    qb.push(concat!(" RETURNING ", message_columns!()));
+                    let rows: Vec<MessageRow> =
+                        qb.build_query_as().fetch_all(&mut **tx).await.map_err(Self::missing_conversation)?;
+                    stored.extend(in_input_order(messages(rows)?, &ids)?);
                 }
                 Ok(stored)
             }
@@ -685,22 +788,25 @@ macro_rules! store_queries {
 
             // ---- sessions ----
 
-            pub async fn create_session(&self, new: &NewSession) -> StoreResult<Session> {
+            /// Returns the new session and the ids of the sessions it closed.
+            pub async fn create_session(&self, new: &NewSession) -> StoreResult<(Session, Vec<String>)> {
                 let now_us = micros(now());
                 let expires = new.ttl.map(|ttl| now_us.saturating_add(ttl_micros(ttl)));
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                if new.close_others_in_scope {
-                    sqlx::query(
+                let closed: Vec<String> = if new.close_others_in_scope {
+                    sqlx::query_scalar(
                         "UPDATE sessions SET active = FALSE, closed_at = $4 \
-                         WHERE user_id = $1 AND kind = $2 AND scope = $3 AND active = TRUE",
+                         WHERE user_id = $1 AND kind = $2 AND scope = $3 AND active = TRUE RETURNING id",
                     )
                     .bind(new.user_id.clone())
                     .bind(new.kind.clone())
                     .bind(new.scope.clone())
                     .bind(now_us)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    Vec::new()
+                };
                 let row: Result<SessionRow, sqlx::Error> = sqlx::query_as(concat!(
                     "INSERT INTO sessions (id, kind, scope, user_id, conversation_id, created_at, last_activity, ",
                     "expires_at, closed_at, active, interaction_count, metadata) ",
@@ -725,7 +831,7 @@ macro_rules! store_queries {
                     Err(e) => return Err(e.into()),
                 };
                 tx.commit().await?;
-                Ok(row.into())
+                Ok((row.into(), closed))
             }
 
             pub async fn get_session(&self, id: &str) -> StoreResult<Option<Session>> {
@@ -738,22 +844,21 @@ macro_rules! store_queries {
             }
 
             pub async fn touch_session(&self, id: &str, ttl: Option<Duration>) -> StoreResult<Option<Session>> {
-                let row = Self::touch_session_query(id, ttl, micros(now())).fetch_optional(self.writer()).await?;
+                let row = Self::touch_session_query(touch_session_sql!(), id, ttl, micros(now()))
+                    .fetch_optional(self.writer())
+                    .await?;
                 Ok(row.map(Into::into))
             }
 
+            /// Binds [`touch_session_sql!`] (`sql` ends with it) for one session.
             fn touch_session_query<'q>(
+                sql: &'static str,
                 id: &str,
                 ttl: Option<Duration>,
                 now_us: i64,
             ) -> sqlx::query::QueryAs<'q, $db, SessionRow, <$db as sqlx::Database>::Arguments> {
                 let expires = ttl.map(|ttl| now_us.saturating_add(ttl_micros(ttl)));
-                sqlx::query_as(concat!(
-                    "UPDATE sessions SET last_activity = CASE WHEN last_activity > $2 THEN last_activity ELSE $2 END, ",
-                    "interaction_count = interaction_count + 1, expires_at = COALESCE($3, expires_at) ",
-                    "WHERE id = $1 AND active = TRUE RETURNING ",
-                    session_columns!()
-                ))
+                sqlx::query_as(sql)
                 .bind(id.to_owned())
                 .bind(now_us)
                 .bind(expires)

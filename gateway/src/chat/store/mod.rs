@@ -11,17 +11,35 @@
 //! Every write method returns only after its transaction has committed: a message returned by
 //! [`Store::append_message`] survives the process being killed right after.
 //!
+//! [`Store::record_turn`] (every IntentLayer chat POST) goes through a group commit: see [`turns`].
+//!
+//! # Session read cache
+//! [`Store::get_session`] is served from a bounded in-memory cache that every session-mutating method keeps
+//! coherent (see [`cache`] for how, including reads that race writes). Other processes writing the same database
+//! are seen within a bound: on PostgreSQL through a trigger's `NOTIFY` (as soon as it arrives; everything is
+//! forgotten when the listening connection is lost), on SQLite by polling `PRAGMA data_version` (within about
+//! [`sqlite::DATA_VERSION_POLL`], 250 ms). Writes made through [`Store::backend`] directly bypass the cache.
+//!
 //! `Store` wraps an enum of the backends rather than a trait object: both are known at compile time, dispatch
 //! is a match, and the methods stay plain `async fn`s.
 
+mod cache;
 mod common;
 pub mod postgres;
 pub mod sqlite;
+mod turns;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use cache::SessionCache;
+use turns::{TurnJob, TurnQueue};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -50,6 +68,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The transaction a group of chat turns shared failed; every turn of it gets this (nothing of it is stored).
+    #[error("database error in a group commit: {0}")]
+    GroupCommit(Arc<sqlx::Error>),
 }
 
 impl StoreError {
@@ -57,19 +78,66 @@ impl StoreError {
     pub fn is_backend_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Corrupt(_)
+            StoreError::Database(_)
+                | StoreError::Migrate(_)
+                | StoreError::Corrupt(_)
+                | StoreError::GroupCommit(_)
         )
     }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The chat store: SQLite or PostgreSQL behind one set of methods. Cloning shares the connection pool.
+/// The chat store: SQLite or PostgreSQL behind one set of methods. Cloning shares the connection pool, the
+/// session cache and the turn writer.
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
     /// Counts operations that failed in the database (`voxgate_store_errors_total`), when attached.
     errors: Option<prometheus::IntCounter>,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one store share besides the pools.
+#[derive(Debug)]
+struct Shared {
+    cache: Arc<SessionCache>,
+    /// The group-commit writers of [`Store::record_turn`], started by the first turn (they need a runtime).
+    turns: OnceLock<TurnQueue>,
+    /// How many writers to start; 0 for the backend's default ([`Store::with_turn_writers`]).
+    turn_writers: AtomicUsize,
+    /// Set once the backend's watcher of other processes' writes has been spawned (by the first session read).
+    watcher: OnceLock<()>,
+    /// Stops the background tasks: cancelled by [`Store::close`], and when the last clone is dropped.
+    stop: CancellationToken,
+    /// The background tasks, awaited by [`Store::close`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            cache: Arc::new(SessionCache::new(cache::DEFAULT_CAPACITY)),
+            turns: OnceLock::new(),
+            turn_writers: AtomicUsize::new(0),
+            watcher: OnceLock::new(),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn keep(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(task);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The two backends.
@@ -98,6 +166,7 @@ impl From<SqliteStore> for Store {
         Store {
             backend: Backend::Sqlite(store),
             errors: None,
+            shared: Shared::new(),
         }
     }
 }
@@ -107,6 +176,7 @@ impl From<PgStore> for Store {
         Store {
             backend: Backend::Postgres(store),
             errors: None,
+            shared: Shared::new(),
         }
     }
 }
@@ -140,6 +210,16 @@ impl Store {
         self
     }
 
+    /// Records chat turns with `writers` group-commit writer tasks instead of the backend's default (SQLite: 1,
+    /// its only choice; PostgreSQL: [`PgStore::TURN_WRITERS`]). Fewer writers make larger batches; one writer
+    /// puts every concurrent turn in the same transaction. Takes effect only before the first turn.
+    pub fn with_turn_writers(self, writers: usize) -> Self {
+        self.shared
+            .turn_writers
+            .store(writers.max(1), Ordering::Relaxed);
+        self
+    }
+
     fn record_error(&self, error: &StoreError) {
         if error.is_backend_failure() {
             if let Some(counter) = &self.errors {
@@ -149,7 +229,8 @@ impl Store {
         }
     }
 
-    /// The backend, for backend-specific needs (tests, tools).
+    /// The backend, for backend-specific needs (tests, tools). Session writes made through it directly bypass the
+    /// session cache of this store (it sees them as it sees another process's).
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
@@ -167,8 +248,22 @@ impl Store {
         dispatch!(self.ping())
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Stops the background tasks (the turn writer first records the turns already queued; later turns fail),
+    /// then closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
+        self.shared.stop.cancel();
+        let tasks = std::mem::take(
+            &mut *self
+                .shared
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a store task ended abnormally");
+            }
+        }
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
             Backend::Postgres(s) => s.close().await,
@@ -221,7 +316,16 @@ impl Store {
     /// Deletes the conversation with its messages, ratings and attachments; sessions keep existing without it.
     /// Returns whether it existed.
     pub async fn delete_conversation(&self, id: &str) -> StoreResult<bool> {
-        dispatch!(self.delete_conversation(id))
+        let (store, id) = (self.clone(), id.to_owned());
+        self.session_write(async move {
+            let deleted = dispatch!(store.delete_conversation(&id));
+            if !matches!(deleted, Ok(false)) {
+                // Its sessions lost their `conversation_id` (ON DELETE SET NULL); which ones is not known here.
+                store.shared.cache.clear();
+            }
+            deleted
+        })
+        .await
     }
 
     // ---- messages ----
@@ -246,11 +350,14 @@ impl Store {
         dispatch!(self.append_messages(conversation_id, new))
     }
 
-    /// Records one turn on an active session in ONE transaction (one commit): touches the session like
-    /// [`Store::touch_session`], then appends the messages `messages(&touched_session)` returns (it sees the new
-    /// `interaction_count`) to the session's conversation, in order. Returns the touched session and the stored
-    /// messages; `None` (and nothing written) if the session does not exist or is no longer active;
-    /// `NotFound { what: "conversation" }` (nothing written) if it has no conversation.
+    /// Records one turn on an active session atomically: touches the session like [`Store::touch_session`],
+    /// then appends the messages `messages(&touched_session)` returns (it sees the new `interaction_count`) to the
+    /// session's conversation, in order. Returns the touched session and the stored messages; `None` (and nothing
+    /// written) if the session does not exist or is no longer active; `NotFound { what: "conversation" }` (nothing
+    /// written) if it has no conversation.
+    ///
+    /// Concurrent turns share one transaction and one commit (group commit, see [`turns`]); this returns once
+    /// that commit has. `messages` runs on the store's writer task, inside that transaction: keep it quick.
     pub async fn record_turn<F>(
         &self,
         session_id: &str,
@@ -258,9 +365,41 @@ impl Store {
         messages: F,
     ) -> StoreResult<Option<(Session, Vec<Message>)>>
     where
-        F: FnOnce(&Session) -> Vec<NewMessage>,
+        F: FnOnce(&Session) -> Vec<NewMessage> + Send + 'static,
     {
-        dispatch!(self.record_turn(session_id, ttl, messages))
+        if self.shared.stop.is_cancelled() {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        let queue = self.shared.turns.get_or_init(|| {
+            let writers = match (
+                &self.backend,
+                self.shared.turn_writers.load(Ordering::Relaxed),
+            ) {
+                // One writer connection: more writers would only queue for it.
+                (Backend::Sqlite(_), _) => 1,
+                (backend, 0) => backend.default_turn_writers(),
+                (_, writers) => writers,
+            };
+            let (queue, tasks) = TurnQueue::start(
+                &self.backend,
+                writers,
+                &self.shared.cache,
+                &self.shared.stop,
+            );
+            tasks.into_iter().for_each(|task| self.shared.keep(task));
+            queue
+        });
+        let result = queue
+            .submit(TurnJob {
+                session_id: session_id.to_owned(),
+                ttl,
+                messages: Some(Box::new(messages)),
+            })
+            .await;
+        if let Err(e) = &result {
+            self.record_error(e);
+        }
+        result
     }
 
     pub async fn get_message(&self, id: &str) -> StoreResult<Option<Message>> {
@@ -306,11 +445,76 @@ impl Store {
     /// Creates an active session (closing the user's others of the same kind and scope first when asked, in the
     /// same transaction).
     pub async fn create_session(&self, new: &NewSession) -> StoreResult<Session> {
-        dispatch!(self.create_session(new))
+        let (store, new) = (self.clone(), new.clone());
+        self.session_write(async move {
+            match dispatch!(store.create_session(&new)) {
+                Ok((session, closed)) => {
+                    for id in &closed {
+                        store.shared.cache.evict(id);
+                    }
+                    Ok(session)
+                }
+                Err(e) => {
+                    if new.close_others_in_scope {
+                        // Whether (and which) other sessions were closed is not known.
+                        store.shared.cache.clear();
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
+    /// The session, from the session cache when it holds it.
     pub async fn get_session(&self, id: &str) -> StoreResult<Option<Session>> {
-        dispatch!(self.get_session(id))
+        self.watch_other_writers();
+        let cache = &self.shared.cache;
+        if let Some(session) = cache.get(id) {
+            return Ok(Some(session));
+        }
+        let ticket = cache.ticket(id);
+        let session = dispatch!(self.get_session(id))?;
+        if let Some(session) = &session {
+            cache.fill(ticket, session);
+        }
+        Ok(session)
+    }
+
+    /// Runs a write that changes sessions, and its session cache update, to the end even if the caller stops
+    /// waiting: a query whose future is dropped may still commit (the database connection works on), and the
+    /// cache must then hear of it, after the commit.
+    async fn session_write<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = StoreResult<T>> + Send + 'static,
+    ) -> StoreResult<T> {
+        tokio::spawn(write).await.map_err(|error| {
+            tracing::error!(%error, "a session write ended abnormally");
+            self.shared.cache.clear();
+            StoreError::Database(sqlx::Error::WorkerCrashed)
+        })?
+    }
+
+    /// Starts the backend's watcher of other processes' session writes, once; the cache serves reads only
+    /// while it runs.
+    fn watch_other_writers(&self) {
+        self.shared.watcher.get_or_init(|| {
+            if self.shared.stop.is_cancelled() {
+                return;
+            }
+            let cache = self.shared.cache.clone();
+            let stop = self.shared.stop.clone();
+            let task = match &self.backend {
+                Backend::Sqlite(s) => tokio::spawn(s.clone().watch_other_writers(cache, stop)),
+                Backend::Postgres(s) => tokio::spawn(s.clone().watch_other_writers(cache, stop)),
+            };
+            self.shared.keep(task);
+        });
+    }
+
+    /// Whether session reads are being served from the cache (the watcher of other writers runs).
+    pub fn session_cache_enabled(&self) -> bool {
+        self.shared.cache.is_enabled()
     }
 
     /// Records one interaction on an active session: `last_activity = now`, `interaction_count += 1`, and when
@@ -320,7 +524,15 @@ impl Store {
         id: &str,
         ttl: Option<Duration>,
     ) -> StoreResult<Option<Session>> {
-        dispatch!(self.touch_session(id, ttl))
+        let (store, id) = (self.clone(), id.to_owned());
+        self.session_write(async move {
+            let ticket = store.shared.cache.ticket(&id);
+            let touched = dispatch!(store.touch_session(&id, ttl));
+            let row = touched.as_ref().ok().and_then(Option::as_ref);
+            store.shared.cache.written(&id, ticket, row);
+            touched
+        })
+        .await
     }
 
     /// Replaces a session's metadata; `None` if it does not exist.
@@ -329,12 +541,26 @@ impl Store {
         id: &str,
         metadata: &Value,
     ) -> StoreResult<Option<Session>> {
-        dispatch!(self.set_session_metadata(id, metadata))
+        let (store, id, metadata) = (self.clone(), id.to_owned(), metadata.clone());
+        self.session_write(async move {
+            let ticket = store.shared.cache.ticket(&id);
+            let updated = dispatch!(store.set_session_metadata(&id, &metadata));
+            let row = updated.as_ref().ok().and_then(Option::as_ref);
+            store.shared.cache.written(&id, ticket, row);
+            updated
+        })
+        .await
     }
 
     /// Marks the session inactive. Returns whether it was active.
     pub async fn close_session(&self, id: &str) -> StoreResult<bool> {
-        dispatch!(self.close_session(id))
+        let (store, id) = (self.clone(), id.to_owned());
+        self.session_write(async move {
+            let closed = dispatch!(store.close_session(&id));
+            store.shared.cache.evict(&id);
+            closed
+        })
+        .await
     }
 
     /// A user's sessions, newest first, optionally of one kind, optionally only the active ones.
@@ -354,12 +580,32 @@ impl Store {
         kind: &str,
         max: u32,
     ) -> StoreResult<Vec<String>> {
-        dispatch!(self.close_oldest_over_limit(user_id, kind, max))
+        let (store, user_id, kind) = (self.clone(), user_id.to_owned(), kind.to_owned());
+        self.session_write(async move {
+            let closed = dispatch!(store.close_oldest_over_limit(&user_id, &kind, max));
+            match &closed {
+                Ok(ids) => ids.iter().for_each(|id| store.shared.cache.evict(id)),
+                Err(_) => store.shared.cache.clear(),
+            }
+            closed
+        })
+        .await
     }
 
     /// Closes every active session whose `expires_at` is at or before `now`; returns them (now inactive).
     pub async fn expire_idle_sessions(&self, now: DateTime<Utc>) -> StoreResult<Vec<Session>> {
-        dispatch!(self.expire_idle_sessions(now))
+        let store = self.clone();
+        self.session_write(async move {
+            let expired = dispatch!(store.expire_idle_sessions(now));
+            match &expired {
+                Ok(sessions) => sessions
+                    .iter()
+                    .for_each(|s| store.shared.cache.evict(&s.id)),
+                Err(_) => store.shared.cache.clear(),
+            }
+            expired
+        })
+        .await
     }
 
     /// Active sessions of every user and kind (for `/health`).
@@ -369,7 +615,13 @@ impl Store {
 
     /// Deletes the session row. Returns whether it existed.
     pub async fn delete_session(&self, id: &str) -> StoreResult<bool> {
-        dispatch!(self.delete_session(id))
+        let (store, id) = (self.clone(), id.to_owned());
+        self.session_write(async move {
+            let deleted = dispatch!(store.delete_session(&id));
+            store.shared.cache.evict(&id);
+            deleted
+        })
+        .await
     }
 
     // ---- documents ----
@@ -476,6 +728,24 @@ impl Store {
 
     pub async fn delete_record(&self, namespace: &str, key: &str) -> StoreResult<bool> {
         dispatch!(self.delete_record(namespace, key))
+    }
+}
+
+impl Backend {
+    /// Group-commit writer tasks unless [`Store::with_turn_writers`] says otherwise (see each backend).
+    fn default_turn_writers(&self) -> usize {
+        match self {
+            Backend::Sqlite(_) => 1,
+            Backend::Postgres(_) => PgStore::TURN_WRITERS,
+        }
+    }
+
+    /// Turns one group commit takes at most (see each backend).
+    fn max_turns_per_commit(&self) -> usize {
+        match self {
+            Backend::Sqlite(_) => SqliteStore::MAX_TURNS_PER_COMMIT,
+            Backend::Postgres(_) => PgStore::MAX_TURNS_PER_COMMIT,
+        }
     }
 }
 

@@ -19,9 +19,19 @@
 //! - `BEGIN IMMEDIATE` for read-then-write transactions, so they take the write lock before reading and cannot
 //!   fail to upgrade.
 //! - foreign keys on (cascading deletes of a conversation's messages, ratings and attachments).
+//!
+//! Other processes' writes and the session cache: the writer connection's `PRAGMA data_version` changes exactly
+//! when ANOTHER connection (another process, or another store on the same file) has committed. A task reads it
+//! every [`DATA_VERSION_POLL`] and clears the session cache when it changed, so a session changed by another
+//! process is served stale for at most that long plus the wait for the writer connection (a group commit takes
+//! milliseconds). The counter only compares within one connection, so the writer connection is kept for the
+//! store's lifetime (no idle timeout or maximum lifetime), and each poll also counts itself in a TEMP table of
+//! that connection: a count restarting at 1 means the pool had to open a new connection, and is taken as a
+//! change.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,7 +39,9 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{Sqlite, SqlitePool};
+use tokio_util::sync::CancellationToken;
 
+use super::cache::SessionCache;
 use super::common::*;
 use super::{StoreError, StoreResult, clamp_limit, object_or_empty, ttl_micros};
 use crate::chat::domain::*;
@@ -38,6 +50,9 @@ use crate::chat::domain::*;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of the read pool: reads run in parallel in WAL mode.
 const MAX_READERS: u32 = 8;
+/// How often the writer connection's `PRAGMA data_version` is read: the bound on how long the session cache may
+/// serve a row another process has changed.
+pub const DATA_VERSION_POLL: Duration = Duration::from_millis(250);
 
 /// The SQLite store. Cloning shares the pool.
 #[derive(Debug, Clone)]
@@ -50,8 +65,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    /// Turns per group commit: one writer, so a larger batch only makes the commit rarer (64 concurrent HTTP
+    /// connections never fill it).
+    pub(super) const MAX_TURNS_PER_COMMIT: usize = 128;
     /// A trigger (migration 0002) maintains `message_count`/`updated_at` on insert.
     const COUNTS_BY_TRIGGER: bool = true;
+    /// sqlx runs every statement of a query, binding `$n` of each to the query's n-th argument.
+    const MULTI_STATEMENT_QUERIES: bool = true;
     const CONVERSATION_FOR_UPDATE: &'static str = concat!(
         "SELECT ",
         conversation_columns!(),
@@ -83,6 +103,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // One connection for the store's lifetime: `PRAGMA data_version` only compares within a connection.
+            .idle_timeout(None)
+            .max_lifetime(None)
             // A writer that waits this long for its turn is reported rather than queued forever.
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
@@ -103,6 +126,52 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+
+    /// Clears `cache` whenever another connection has committed to the database, until `stop`. See the module
+    /// documentation for the bound.
+    pub(super) async fn watch_other_writers(
+        self,
+        cache: Arc<SessionCache>,
+        stop: CancellationToken,
+    ) {
+        // One round trip on the writer connection: this connection's poll count and its data_version.
+        const POLL: &str = "CREATE TEMP TABLE IF NOT EXISTS voxgate_watch (polls INTEGER NOT NULL); \
+             INSERT INTO voxgate_watch SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM voxgate_watch); \
+             UPDATE voxgate_watch SET polls = polls + 1 \
+             RETURNING (SELECT data_version FROM pragma_data_version()), polls";
+        let mut seen: Option<i64> = None;
+        loop {
+            let version = tokio::select! {
+                polled = sqlx::query_as::<_, (i64, i64)>(POLL).fetch_one(&self.writer) => polled,
+                () = stop.cancelled() => break,
+            };
+            match version {
+                Ok((version, polls)) if seen.is_none() || polls == 1 => {
+                    // A baseline (the first poll, or a new connection): rows cached from now on are compared
+                    // against it; what was cached before cannot be.
+                    seen = Some(version);
+                    cache.set_enabled(true);
+                }
+                Ok((version, _)) => {
+                    if seen != Some(version) {
+                        seen = Some(version);
+                        cache.clear();
+                    }
+                }
+                Err(error) => {
+                    if seen.take().is_some() {
+                        tracing::warn!(%error, "cannot read PRAGMA data_version: session cache off until it works");
+                    }
+                    cache.set_enabled(false);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(DATA_VERSION_POLL) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        cache.set_enabled(false);
     }
 
     /// The read pool.

@@ -1,0 +1,197 @@
+//! Group commit of chat turns ([`super::Store::record_turn`]).
+//!
+//! Every turn goes to ONE writer task per store through a bounded queue. The task blocks for the first turn, then
+//! takes whatever else is already queued (up to the backend's `MAX_TURNS_PER_COMMIT`; no timer, so an idle
+//! store adds no latency), and records them in ONE transaction with a savepoint per turn: a turn whose session
+//! is gone, closed or broken rolls back alone. After the single COMMIT it answers each caller through a oneshot,
+//! so a turn is acknowledged only once the commit that contains it has returned (the durability contract). If
+//! the transaction fails, every turn of the batch gets the error and nothing of it is stored.
+//!
+//! Why: a turn is a handful of small statements, but its commit is the costly part (SQLite writes the changed
+//! pages to the WAL; PostgreSQL flushes its WAL with `synchronous_commit = on`), and SQLite admits one writer at
+//! a time anyway. Under load, N concurrent turns now share one commit instead of queueing for N.
+//!
+//! SQLite has one writer task (it has one writer connection). PostgreSQL has a few
+//! ([`super::PgStore::TURN_WRITERS`], or [`super::Store::with_turn_writers`]): there a batch's time goes into round trips, not into its commit, so
+//! batches on separate connections overlap. A session's turns always go to the same writer (chosen by a hash of
+//! its id), so they stay in submission order and no two batches ever lock the same session row. Two sessions of
+//! one conversation on different writers could still make two batches wait on each other's conversation rows;
+//! PostgreSQL then aborts one of them (a deadlock error for its turns). IntentLayer sessions, the users of
+//! `record_turn`, each have a conversation of their own.
+//!
+//! A turn submitted and then abandoned by its caller (the HTTP client went away) is still recorded: once queued
+//! it is the writer's, as it would be once its transaction had been sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::SessionCache;
+use super::{Backend, StoreError, StoreResult};
+use crate::chat::domain::{Message, NewMessage, Session};
+
+/// Builds a turn's messages from the touched session (inside the turn's transaction).
+pub(super) type BuildMessages = Box<dyn FnOnce(&Session) -> Vec<NewMessage> + Send>;
+/// What [`super::Store::record_turn`] answers.
+pub(super) type TurnOutcome = StoreResult<Option<(Session, Vec<Message>)>>;
+
+/// Turns that may wait for the writer; past this, `record_turn` waits to enqueue (backpressure).
+const QUEUE_CAPACITY: usize = 1024;
+
+/// One turn as the backend records it.
+pub(super) struct TurnJob {
+    pub(super) session_id: String,
+    pub(super) ttl: Option<Duration>,
+    /// Taken (called once) after the session was touched; `None` afterwards.
+    pub(super) messages: Option<BuildMessages>,
+}
+
+struct Queued {
+    job: TurnJob,
+    reply: oneshot::Sender<TurnOutcome>,
+}
+
+/// The sending sides of the writer tasks' queues.
+#[derive(Debug)]
+pub(super) struct TurnQueue {
+    writers: Vec<mpsc::Sender<Queued>>,
+}
+
+impl TurnQueue {
+    /// Spawns the writer tasks of `backend`. They stop when `stop` is cancelled (after recording what was
+    /// already queued) or when the [`TurnQueue`] is dropped.
+    pub(super) fn start(
+        backend: &Backend,
+        writers: usize,
+        cache: &Arc<SessionCache>,
+        stop: &CancellationToken,
+    ) -> (TurnQueue, Vec<JoinHandle<()>>) {
+        let (writers, tasks) = (0..writers.max(1))
+            .map(|_| {
+                let (queue, turns) = mpsc::channel(QUEUE_CAPACITY);
+                let task = tokio::spawn(run_writer(
+                    backend.clone(),
+                    cache.clone(),
+                    turns,
+                    stop.clone(),
+                ));
+                (queue, task)
+            })
+            .unzip();
+        (TurnQueue { writers }, tasks)
+    }
+
+    /// Queues `job` and waits for its commit.
+    pub(super) async fn submit(&self, job: TurnJob) -> TurnOutcome {
+        let (reply, answer) = oneshot::channel();
+        let writer = &self.writers[writer_of(&job.session_id, self.writers.len())];
+        writer
+            .send(Queued { job, reply })
+            .await
+            // The writer stopped: the store was closed.
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            // The writer dropped the turn without answering: it ended abnormally.
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+    }
+}
+
+/// The writer of a session's turns: a fixed hash, so it never changes while the store runs.
+fn writer_of(session_id: &str, writers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(session_id);
+    (hash % writers as u64) as usize
+}
+
+async fn run_writer(
+    backend: Backend,
+    cache: Arc<SessionCache>,
+    mut turns: mpsc::Receiver<Queued>,
+    stop: CancellationToken,
+) {
+    let max = backend.max_turns_per_commit();
+    let mut batch = Vec::with_capacity(max);
+    let mut stopping = false;
+    loop {
+        let first = if stopping {
+            turns.recv().await
+        } else {
+            tokio::select! {
+                biased;
+                turn = turns.recv() => turn,
+                () = stop.cancelled() => {
+                    // Refuse new turns, then record the ones already queued before ending.
+                    turns.close();
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
+        batch.push(first);
+        while batch.len() < max {
+            match turns.try_recv() {
+                Ok(turn) => batch.push(turn),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&backend, &cache, &mut batch).await;
+    }
+}
+
+/// Records `batch` in one transaction and answers every turn of it; leaves `batch` empty.
+async fn commit_batch(backend: &Backend, cache: &SessionCache, batch: &mut Vec<Queued>) {
+    let (mut jobs, replies): (Vec<TurnJob>, Vec<_>) = batch
+        .drain(..)
+        .map(|queued| (queued.job, queued.reply))
+        .unzip();
+    // Taken before the commit, so a write that commits after this one can never be overwritten by it.
+    let tickets: Vec<_> = jobs
+        .iter()
+        .map(|job| cache.ticket(&job.session_id))
+        .collect();
+    let result = match backend {
+        Backend::Sqlite(store) => store.record_turns(&mut jobs).await,
+        Backend::Postgres(store) => store.record_turns(&mut jobs).await,
+    };
+    match result {
+        Ok(outcomes) => {
+            let written: Vec<_> = jobs
+                .iter()
+                .zip(&tickets)
+                .zip(&outcomes)
+                .map(|((job, ticket), outcome)| {
+                    let row = match outcome {
+                        Ok(Some((session, _))) => Some(session),
+                        _ => None,
+                    };
+                    (job.session_id.as_str(), *ticket, row)
+                })
+                .collect();
+            cache.written_many(&written);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away no longer needs its answer; its turn is stored all the same.
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            // Nothing of the batch is stored, unless the commit went through and only its answer was lost.
+            let written: Vec<_> = jobs
+                .iter()
+                .zip(&tickets)
+                .map(|(job, ticket)| (job.session_id.as_str(), *ticket, None))
+                .collect();
+            cache.written_many(&written);
+            let error = Arc::new(error);
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::GroupCommit(error.clone())));
+            }
+        }
+    }
+}
