@@ -5,13 +5,14 @@
 //! frames at real-time pace. The first samples of every frame carry a marker (magic, session,
 //! sequence number, send time); the echo engine returns each appended chunk byte for byte, so
 //! when the marker comes back the round trip is known exactly. Frames are spread evenly over the
-//! 20 ms period across sessions, as independent clients would be: one OS thread paces every
-//! session with sub-millisecond sleeps, because tokio's timer fires in whole milliseconds and
-//! would release all the sessions whose phases share a millisecond as one burst.
+//! 20 ms period across sessions, as independent clients would be: one OS thread paces and writes
+//! every session's frames with sub-millisecond sleeps (see [`pace`]); a task per session times the
+//! echoes.
 //!
 //! Reported: p50/p99/max round-trip latency (client -> gateway -> echo engine -> gateway ->
 //! client; with the engine in its own process this is the gateway's added latency plus two
-//! loopback hops and the engine's own few microseconds), frames sent/received/lost, and, with
+//! loopback hops and the engine's time, and it includes any wait for the core the load tool and
+//! the engine share), frames sent/received/lost, and, with
 //! `--gateway-pid`, the gateway's CPU time (utime + stime from `/proc/PID/stat`, in Linux's
 //! USER_HZ = 100 ticks per second) per relayed session-second and its RSS (`VmRSS`, `VmHWM`).
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
-use tokio::sync::{Barrier, mpsc};
+use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -185,40 +186,37 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
 
     // Every session connects and waits for `ready`; then all start streaming together.
     let ready = Arc::new(Barrier::new(args.sessions + 1));
-    let streaming = Arc::new(Barrier::new(args.sessions + 1));
     let mut handles = Vec::with_capacity(args.sessions);
-    let mut ticks = Vec::with_capacity(args.sessions);
     for index in 0..args.sessions {
-        let (tick, tick_rx) = mpsc::unbounded_channel();
-        ticks.push(tick);
         let session = Session {
             index: index as u32,
             url: args.url.clone(),
-            audio: Arc::clone(&audio),
             frames,
-            ticks: tick_rx,
             origin,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-            drain: Duration::from_secs_f64(args.drain),
         };
-        let (ready, streaming) = (Arc::clone(&ready), Arc::clone(&streaming));
-        handles.push(tokio::spawn(session.run(ready, streaming)));
+        handles.push(tokio::spawn(session.start(Arc::clone(&ready))));
     }
     ready.wait().await;
     let rss_connected = args.gateway_pid.map(read_rss).transpose()?;
     let cpu_start = args.gateway_pid.map(read_cpu_seconds).transpose()?;
     let wall_start = Instant::now();
-    streaming.wait().await;
-    let pacer = pace(ticks, frames, Instant::now())?;
-
-    let mut results = Vec::with_capacity(handles.len());
+    let mut streams = Vec::with_capacity(handles.len());
     for handle in handles {
-        results.push(handle.await.context("session task panicked")??);
+        streams.push(handle.await.context("session task panicked")??);
+    }
+
+    let runtime = tokio::runtime::Handle::current();
+    let streams =
+        tokio::task::spawn_blocking(move || pace(&runtime, streams, &audio, frames, origin))
+            .await
+            .context("the pacing thread panicked")?;
+    let drain = Duration::from_secs_f64(args.drain);
+    let mut results = Vec::with_capacity(streams.len());
+    for stream in streams {
+        results.push(stream.finish(drain).await?);
     }
     let wall = wall_start.elapsed().as_secs_f64();
-    if pacer.join().is_err() {
-        bail!("the pacing thread panicked");
-    }
     let gateway = match (args.gateway_pid, cpu_start, rss_before, rss_connected) {
         (Some(pid), Some(cpu_start), Some(before), Some(connected)) => {
             let cpu_s = read_cpu_seconds(pid)? - cpu_start;
@@ -285,42 +283,98 @@ fn summarize(
     }
 }
 
-/// Starts the thread that tells session `i` to send frame `seq` at `start + seq × 20 ms + i × 20 ms / N`.
-/// A session that failed has dropped its receiver; its ticks are skipped.
+/// Sends frame `seq` of stream `i` at `start + seq × 20 ms + i × 20 ms / N`, from this (blocking) thread.
+///
+/// One OS thread with sub-millisecond sleeps, writing itself: tokio's timer fires in whole milliseconds (it would
+/// release every session whose phase shares a millisecond as one burst), and handing each frame to a session task
+/// would cost a thread wake-up per frame on the core the load tool shares with the echo engine.
 fn pace(
-    ticks: Vec<mpsc::UnboundedSender<u32>>,
+    runtime: &tokio::runtime::Handle,
+    mut streams: Vec<Streaming>,
+    audio: &[u8],
     frames: u32,
-    start: Instant,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let thread = std::thread::Builder::new()
-        .name("loadtest-pacer".to_owned())
-        .spawn(move || {
-            let sessions = ticks.len() as u32;
-            for seq in 0..frames {
-                let period_start = start + FRAME_PERIOD * seq;
-                for (index, tick) in (0u32..).zip(&ticks) {
-                    let due = period_start + FRAME_PERIOD * index / sessions;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let _ = tick.send(seq);
-                }
+    origin: Instant,
+) -> Vec<Streaming> {
+    let start = Instant::now();
+    let count = streams.len() as u32;
+    let mut frame = vec![0u8; FRAME_BYTES];
+    for seq in 0..frames {
+        let period_start = start + FRAME_PERIOD * seq;
+        for (slot, stream) in (0u32..).zip(streams.iter_mut()) {
+            if stream.failed.is_some() {
+                continue;
             }
-        })
-        .context("cannot start the pacing thread")?;
-    Ok(thread)
+            let due = period_start + FRAME_PERIOD * slot / count;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            fill_frame(&mut frame, audio, seq as usize * FRAME_BYTES);
+            let sent_us = origin.elapsed().as_micros() as u64;
+            frame[0..4].copy_from_slice(&MAGIC);
+            frame[4..8].copy_from_slice(&stream.index.to_le_bytes());
+            frame[8..12].copy_from_slice(&seq.to_le_bytes());
+            frame[12..20].copy_from_slice(&sent_us.to_le_bytes());
+            if let Err(error) = runtime.block_on(stream.sink.send(Message::binary(frame.clone()))) {
+                stream.failed = Some(
+                    anyhow::Error::new(error)
+                        .context(format!("session {}: send failed", stream.index)),
+                );
+            }
+        }
+    }
+    streams
+}
+
+/// Fills `frame` with `audio` from byte `offset` on, looping over its end.
+fn fill_frame(frame: &mut [u8], audio: &[u8], offset: usize) {
+    let mut at = offset % audio.len();
+    let mut filled = 0;
+    while filled < frame.len() {
+        let take = (frame.len() - filled).min(audio.len() - at);
+        frame[filled..filled + take].copy_from_slice(&audio[at..at + take]);
+        filled += take;
+        at = (at + take) % audio.len();
+    }
 }
 
 struct Session {
     index: u32,
     url: String,
-    audio: Arc<Vec<u8>>,
     frames: u32,
-    /// Frame sequence numbers, each when it is due (see [`pace`]).
-    ticks: mpsc::UnboundedReceiver<u32>,
     origin: Instant,
     connect_timeout: Duration,
-    drain: Duration,
+}
+
+/// A session streaming: the pacer writes to its sink while its receiver task times the echoes.
+struct Streaming {
+    index: u32,
+    frames: u32,
+    sink: WsSink,
+    receiver: tokio::task::JoinHandle<SessionResult>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Why the pacer stopped sending to it.
+    failed: Option<anyhow::Error>,
+}
+
+impl Streaming {
+    /// Waits at most `drain` for the last echoes, closes the socket and returns what came back.
+    async fn finish(mut self, drain: Duration) -> anyhow::Result<SessionResult> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        let joined = match tokio::time::timeout(drain, &mut self.receiver).await {
+            Ok(joined) => joined,
+            // Some frames never came back: stop waiting and count what did.
+            Err(_) => {
+                let _ = self.stop.send(());
+                self.receiver.await
+            }
+        };
+        let mut result = joined.context("receiver task panicked")?;
+        result.sent = self.frames;
+        let _ = self.sink.send(Message::Close(None)).await;
+        Ok(result)
+    }
 }
 
 struct SessionResult {
@@ -331,120 +385,103 @@ struct SessionResult {
 }
 
 impl Session {
-    async fn run(
-        self,
-        ready: Arc<Barrier>,
-        streaming: Arc<Barrier>,
-    ) -> anyhow::Result<SessionResult> {
+    /// Connects, waits for the others at `ready`, sends `start_conversation` and starts timing echoes.
+    async fn start(self, ready: Arc<Barrier>) -> anyhow::Result<Streaming> {
         let connected = self.connect().await;
-        // Arrive at both barriers whatever happened, so the other sessions are not left waiting;
-        // a failed session is reported once the run is over.
+        // Arrive at the barrier whatever happened, so the other sessions are not left waiting; a failed
+        // session is reported once every session has arrived.
         ready.wait().await;
-        streaming.wait().await;
-        let (mut sink, mut stream) =
-            connected.with_context(|| format!("session {}", self.index))?;
+        let (mut sink, stream) = connected.with_context(|| format!("session {}", self.index))?;
         sink.send(Message::text(r#"{"type":"start_conversation"}"#))
             .await?;
-
-        let frames = self.frames;
-        let index = self.index;
-        let origin = self.origin;
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut receiver = tokio::spawn(async move {
-            let mut seen = vec![false; frames as usize];
-            let mut result = SessionResult {
-                sent: 0,
-                received: 0,
-                duplicated: 0,
-                latencies_us: Vec::with_capacity(frames as usize),
-            };
-            // Markers could straddle two messages if the gateway re-chunks; keep the tail.
-            let mut carry: Vec<u8> = Vec::with_capacity(2 * FRAME_BYTES);
-            loop {
-                let message = tokio::select! {
-                    _ = &mut stopped => break,
-                    message = stream.next() => match message {
-                        Some(message) => message,
-                        None => break,
-                    },
-                };
-                let Ok(Message::Binary(data)) = message else {
-                    if matches!(message, Ok(Message::Close(_)) | Err(_)) {
-                        break;
-                    }
-                    continue;
-                };
-                let now_us = origin.elapsed().as_micros() as u64;
-                carry.extend_from_slice(&data);
-                let mut at = 0;
-                while at + MARKER_BYTES <= carry.len() {
-                    if carry[at..at + 4] == MAGIC {
-                        let field = |o: usize| {
-                            u32::from_le_bytes([
-                                carry[at + o],
-                                carry[at + o + 1],
-                                carry[at + o + 2],
-                                carry[at + o + 3],
-                            ])
-                        };
-                        let (session, seq) = (field(4), field(8));
-                        let sent_us = u64::from(field(12)) | (u64::from(field(16)) << 32);
-                        if session == index && seq < frames {
-                            if seen[seq as usize] {
-                                result.duplicated += 1;
-                            } else {
-                                seen[seq as usize] = true;
-                                result.received += 1;
-                                result
-                                    .latencies_us
-                                    .push(now_us.saturating_sub(sent_us).min(u64::from(u32::MAX))
-                                        as u32);
-                            }
-                            at += MARKER_BYTES;
-                            continue;
-                        }
-                    }
-                    // PCM16 is sample-aligned: markers start at even offsets.
-                    at += 2;
-                }
-                carry.drain(..at.min(carry.len()));
-                if result.received == u64::from(frames) {
-                    break;
-                }
-            }
-            result
-        });
-
-        let mut ticks = self.ticks;
-        let mut frame = vec![0u8; FRAME_BYTES];
-        let mut offset = 0usize;
-        while let Some(seq) = ticks.recv().await {
-            for byte in frame.iter_mut() {
-                *byte = self.audio[offset % self.audio.len()];
-                offset += 1;
-            }
-            let sent_us = origin.elapsed().as_micros() as u64;
-            frame[0..4].copy_from_slice(&MAGIC);
-            frame[4..8].copy_from_slice(&index.to_le_bytes());
-            frame[8..12].copy_from_slice(&seq.to_le_bytes());
-            frame[12..20].copy_from_slice(&sent_us.to_le_bytes());
-            sink.send(Message::binary(frame.clone()))
-                .await
-                .with_context(|| format!("session {index}: send failed"))?;
-        }
-        let joined = match tokio::time::timeout(self.drain, &mut receiver).await {
-            Ok(joined) => joined,
-            // Some frames never came back: stop waiting and count what did.
-            Err(_) => {
-                let _ = stop.send(());
-                receiver.await
-            }
-        };
-        let mut result = joined.context("receiver task panicked")?;
-        result.sent = frames;
-        let _ = sink.send(Message::Close(None)).await;
-        Ok(result)
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let receiver = tokio::spawn(receive(
+            stream,
+            stopped,
+            self.index,
+            self.frames,
+            self.origin,
+        ));
+        Ok(Streaming {
+            index: self.index,
+            frames: self.frames,
+            sink,
+            receiver,
+            stop,
+            failed: None,
+        })
     }
+}
+
+/// Times the echoes of one session's frames until all came back, the stream ends, or `stopped` fires.
+async fn receive(
+    mut stream: WsStream,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    index: u32,
+    frames: u32,
+    origin: Instant,
+) -> SessionResult {
+    let mut seen = vec![false; frames as usize];
+    let mut result = SessionResult {
+        sent: 0,
+        received: 0,
+        duplicated: 0,
+        latencies_us: Vec::with_capacity(frames as usize),
+    };
+    // Markers could straddle two messages if the gateway re-chunks; keep the tail.
+    let mut carry: Vec<u8> = Vec::with_capacity(2 * FRAME_BYTES);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stopped => break,
+            message = stream.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Ok(Message::Binary(data)) = message else {
+            if matches!(message, Ok(Message::Close(_)) | Err(_)) {
+                break;
+            }
+            continue;
+        };
+        let now_us = origin.elapsed().as_micros() as u64;
+        carry.extend_from_slice(&data);
+        let mut at = 0;
+        while at + MARKER_BYTES <= carry.len() {
+            if carry[at..at + 4] == MAGIC {
+                let field = |o: usize| {
+                    u32::from_le_bytes([
+                        carry[at + o],
+                        carry[at + o + 1],
+                        carry[at + o + 2],
+                        carry[at + o + 3],
+                    ])
+                };
+                let (session, seq) = (field(4), field(8));
+                let sent_us = u64::from(field(12)) | (u64::from(field(16)) << 32);
+                if session == index && seq < frames {
+                    if seen[seq as usize] {
+                        result.duplicated += 1;
+                    } else {
+                        seen[seq as usize] = true;
+                        result.received += 1;
+                        result
+                            .latencies_us
+                            .push(now_us.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32);
+                    }
+                    at += MARKER_BYTES;
+                    continue;
+                }
+            }
+            // PCM16 is sample-aligned: markers start at even offsets.
+            at += 2;
+        }
+        carry.drain(..at.min(carry.len()));
+        if result.received == u64::from(frames) {
+            break;
+        }
+    }
+    result
 }
 
 impl Session {
