@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use voxgate::config::LocalEngineMode;
+use voxgate::config::{Config, LocalEngineMode};
 use voxgate::testing::TestServer;
 
 use crate::support::{
@@ -87,6 +87,23 @@ async fn seed_client_flow_end_to_end() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// A gateway whose engine echoes (with `adjust` applied to its config), and a client past `ready` and a plain
+/// `start_conversation`.
+async fn echo_session(adjust: impl FnOnce(&mut Config)) -> (TestServer, Client) {
+    let server = TestServer::start_with(|c| {
+        c.voice.local_engine_mode = LocalEngineMode::Echo;
+        adjust(c);
+    })
+    .await
+    .expect("server starts");
+    let mut client = Client::connect(&server.ws_url("/ws/realtime")).await;
+    client.expect_json("ready", READY).await;
+    client
+        .send_json(json!({ "type": "start_conversation" }))
+        .await;
+    (server, client)
+}
+
 /// Reads bot audio after `echoed` (what already came back) until `len` bytes did; panics if it stops.
 async fn read_echo(client: &mut Client, mut echoed: Vec<u8>, len: usize) -> Vec<u8> {
     while echoed.len() < len {
@@ -101,14 +118,7 @@ async fn read_echo(client: &mut Client, mut echoed: Vec<u8>, len: usize) -> Vec<
 
 #[tokio::test]
 async fn echo_mode_relays_audio_byte_for_byte() {
-    let server = TestServer::start_with(|c| c.voice.local_engine_mode = LocalEngineMode::Echo)
-        .await
-        .expect("server starts");
-    let mut client = Client::connect(&server.ws_url("/ws/realtime")).await;
-    client.expect_json("ready", READY).await;
-    client
-        .send_json(json!({ "type": "start_conversation" }))
-        .await;
+    let (server, mut client) = echo_session(|_| {}).await;
     let sent: Vec<u8> = (0..50 * FRAME_BYTES).map(|i| (i * 7 % 251) as u8).collect();
     let mut received = Vec::new();
     client.stream_realtime(&sent, &mut received).await;
@@ -128,17 +138,7 @@ async fn a_burst_the_session_cannot_queue_is_read_later_not_closed() {
     // One slot of input queue: a burst of frames arriving in one read cannot all be queued at once. The reader
     // must wait for the session (TCP pushes back on the client), not call it a flood: one second of audio
     // is far below the flood guard's 4x real time past a 10-second burst.
-    let server = TestServer::start_with(|c| {
-        c.voice.local_engine_mode = LocalEngineMode::Echo;
-        c.voice.input_queue_frames = 1;
-    })
-    .await
-    .expect("server starts");
-    let mut client = Client::connect(&server.ws_url("/ws/realtime")).await;
-    client.expect_json("ready", READY).await;
-    client
-        .send_json(json!({ "type": "start_conversation" }))
-        .await;
+    let (server, mut client) = echo_session(|c| c.voice.input_queue_frames = 1).await;
     let sent: Vec<u8> = (0..50 * FRAME_BYTES)
         .map(|i| (i * 13 % 241) as u8)
         .collect();
