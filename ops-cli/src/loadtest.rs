@@ -86,6 +86,24 @@ pub struct Report {
     pub latency_ms: Latency,
     /// The gateway process, when `--gateway-pid` was given.
     pub gateway: Option<GatewayUsage>,
+    /// The gateway's own relay latency histogram over the run, when its `/metrics` could be read.
+    pub gateway_relay_ms: Option<RelayQuantiles>,
+}
+
+/// Upper bounds, in milliseconds, of the histogram buckets holding the quantiles of
+/// `voxgate_relay_latency_seconds` (a frame read off one socket to written on the other, both directions), from
+/// the difference of the gateway's `/metrics` before and after streaming. It leaves out the time a frame waits in
+/// the kernel before the gateway reads it, which the round trip includes.
+#[derive(Debug, Serialize)]
+pub struct RelayQuantiles {
+    /// Frames observed.
+    pub count: u64,
+    /// Median's bucket bound.
+    pub p50: f64,
+    /// 99th percentile's bucket bound.
+    pub p99: f64,
+    /// 99.9th percentile's bucket bound.
+    pub p999: f64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -151,6 +169,12 @@ fn print_text(r: &Report) {
         "round trip (ms)     p50 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
         r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.max, r.latency_ms.mean
     );
+    if let Some(q) = &r.gateway_relay_ms {
+        println!(
+            "gateway relay (ms)  p50 <= {}  p99 <= {}  p99.9 <= {}  ({} frames, its own histogram)",
+            q.p50, q.p99, q.p999, q.count
+        );
+    }
     if let Some(g) = &r.gateway {
         println!(
             "gateway cpu         {:.2} s = {:.1}% of a core = {:.3} ms per session-second",
@@ -199,6 +223,8 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
     }
     ready.wait().await;
     let rss_connected = args.gateway_pid.map(read_rss).transpose()?;
+    let metrics_url = metrics_address(&args.url);
+    let relay_before = read_relay_histogram(metrics_url.as_deref()).await;
     let cpu_start = args.gateway_pid.map(read_cpu_seconds).transpose()?;
     let wall_start = Instant::now();
     let mut streams = Vec::with_capacity(handles.len());
@@ -217,6 +243,11 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
         results.push(stream.finish(drain).await?);
     }
     let wall = wall_start.elapsed().as_secs_f64();
+    let relay_after = read_relay_histogram(metrics_url.as_deref()).await;
+    let gateway_relay_ms = match (relay_before, relay_after) {
+        (Some(before), Some(after)) => relay_quantiles(&before, &after),
+        _ => None,
+    };
     let gateway = match (args.gateway_pid, cpu_start, rss_before, rss_connected) {
         (Some(pid), Some(cpu_start), Some(before), Some(connected)) => {
             let cpu_s = read_cpu_seconds(pid)? - cpu_start;
@@ -236,7 +267,9 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
         }
         _ => None,
     };
-    Ok(summarize(results, args.duration, gateway))
+    let mut report = summarize(results, args.duration, gateway);
+    report.gateway_relay_ms = gateway_relay_ms;
+    Ok(report)
 }
 
 fn summarize(
@@ -280,7 +313,76 @@ fn summarize(
             mean,
         },
         gateway,
+        gateway_relay_ms: None,
     }
+}
+
+/// `host:port` of the gateway's HTTP listener, from its `ws://host:port/…` URL (plain `ws` only).
+fn metrics_address(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("ws://")?;
+    Some(rest.split('/').next()?.to_owned())
+}
+
+/// Cumulative `(upper bound in seconds, count)` buckets of `voxgate_relay_latency_seconds`, or `None` when
+/// `/metrics` cannot be read (another gateway, a proxy in between): the report then goes without them.
+async fn read_relay_histogram(address: Option<&str>) -> Option<Vec<(f64, u64)>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = address?;
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()??;
+    let buckets: Vec<(f64, u64)> = response
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("voxgate_relay_latency_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The quantiles of what was observed between two readings of the same cumulative histogram.
+fn relay_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<RelayQuantiles> {
+    if before.len() != after.len() {
+        return None;
+    }
+    let delta: Vec<(f64, u64)> = before
+        .iter()
+        .zip(after)
+        .map(|(&(bound, b), &(_, a))| (bound, a.saturating_sub(b)))
+        .collect();
+    let count = delta.last()?.1;
+    if count == 0 {
+        return None;
+    }
+    let bound_of = |q: f64| -> f64 {
+        let wanted = (count as f64 * q).ceil() as u64;
+        let bound = delta
+            .iter()
+            .find(|&&(_, cumulative)| cumulative >= wanted)
+            .map_or(f64::INFINITY, |&(bound, _)| bound);
+        bound * 1000.0
+    };
+    Some(RelayQuantiles {
+        count,
+        p50: bound_of(0.5),
+        p99: bound_of(0.99),
+        p999: bound_of(0.999),
+    })
 }
 
 /// Sends frame `seq` of stream `i` at `start + seq × 20 ms + i × 20 ms / N`, from this (blocking) thread.
@@ -651,5 +753,54 @@ mod tests {
         assert_eq!(report.latency_ms.max, 9.8);
         assert_eq!(report.latency_ms.p50, 4.8);
         assert_eq!(report.latency_ms.p99, 9.7);
+    }
+
+    #[test]
+    fn relay_quantiles_come_from_the_difference_of_two_readings() {
+        let before = [
+            (0.000_01, 100),
+            (0.000_05, 150),
+            (0.001, 160),
+            (f64::INFINITY, 160),
+        ];
+        // 1000 new frames: 900 under 10 µs, 95 more under 50 µs, 4 more under 1 ms, 1 slower.
+        let after = [
+            (0.000_01, 1000),
+            (0.000_05, 1145),
+            (0.001, 1159),
+            (f64::INFINITY, 1160),
+        ];
+        let q = relay_quantiles(&before, &after).expect("frames were observed");
+        assert_eq!(q.count, 1000);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            near(q.p50, 0.01) && near(q.p99, 0.05) && near(q.p999, 1.0),
+            "{q:?}"
+        );
+        let all_slow = [
+            (0.000_01, 100),
+            (0.000_05, 150),
+            (0.001, 160),
+            (f64::INFINITY, 170),
+        ];
+        let q = relay_quantiles(&before, &all_slow).expect("frames were observed");
+        assert!(q.p50.is_infinite());
+        assert!(
+            relay_quantiles(&before, &before).is_none(),
+            "nothing observed"
+        );
+        assert!(
+            relay_quantiles(&before, &after[..3]).is_none(),
+            "different bucket sets"
+        );
+    }
+
+    #[test]
+    fn the_metrics_address_is_the_websocket_host() {
+        assert_eq!(
+            metrics_address("ws://127.0.0.1:8080/ws/realtime").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(metrics_address("wss://example.com/ws/realtime"), None);
     }
 }
