@@ -177,6 +177,8 @@ both_backends!(
     concurrent_turns_are_all_kept_with_exact_counts,
     one_group_commit_isolates_failed_turns,
     a_failed_group_commit_fails_every_turn_of_it,
+    a_batch_is_recorded_set_based_in_submission_order,
+    a_failing_turn_sends_its_batch_turn_by_turn,
     a_dropped_session_write_still_updates_the_cache,
 );
 
@@ -1628,6 +1630,304 @@ mod cases {
             .unwrap();
         assert_eq!(again.interaction_count, 1);
         assert_eq!(store.get_session(&a.id).await.unwrap(), Some(again));
+    }
+
+    type Build = Box<dyn FnOnce(&Session) -> Vec<NewMessage> + Send>;
+    type Outcome = Result<Option<(Session, Vec<Message>)>, StoreError>;
+
+    /// Records `turns` (session id, TTL, builder) as ONE batch, queued in this order: a turn on `blocker` first
+    /// takes the only writer and waits for a held lock while the others queue behind it. Returns the blocker's
+    /// outcome and the turns' outcomes in order.
+    async fn one_batch(
+        store: &Store,
+        blocker: &str,
+        turns: Vec<(String, Option<Duration>, Build)>,
+    ) -> (Outcome, Vec<Outcome>) {
+        let held = hold_session_writes(store).await;
+        let first = {
+            let (store, id) = (store.clone(), blocker.to_owned());
+            tokio::spawn(async move {
+                store
+                    .record_turn(&id, None, echo_turn("first".into()))
+                    .await
+            })
+        };
+        // Time for the writer to take it and block (a loaded machine may be slow to schedule the tasks).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut pending: Vec<_> = turns
+            .into_iter()
+            .map(|(id, ttl, build)| {
+                let store = store.clone();
+                Box::pin(async move { store.record_turn(&id, ttl, build).await })
+            })
+            .collect();
+        // A turn is queued by its future's first poll, so this order is the submission order.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for turn in &mut pending {
+            assert!(
+                turn.as_mut().poll(&mut cx).is_pending(),
+                "the writer is blocked"
+            );
+        }
+        assert!(!first.is_finished(), "the writer waits for the held lock");
+        release_session_writes(store, held).await;
+        let first = first.await.unwrap();
+        let mut outcomes = Vec::new();
+        for turn in pending {
+            outcomes.push(turn.await);
+        }
+        (first, outcomes)
+    }
+
+    /// The contents of a conversation's messages in order, checking their seq and its `message_count`.
+    async fn conversation_log(store: &Store, conversation: &Option<String>) -> Vec<String> {
+        let id = conversation
+            .as_deref()
+            .expect("the session has a conversation");
+        let page = store
+            .list_messages(
+                id,
+                &MessageQuery {
+                    limit: 100,
+                    order: Order::Asc,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            page.items.windows(2).all(|w| w[0].seq < w[1].seq),
+            "increasing seq"
+        );
+        let counted = store
+            .get_conversation(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .message_count;
+        assert_eq!(counted, page.items.len() as i64, "message_count");
+        page.items.into_iter().map(|m| m.content).collect()
+    }
+
+    pub async fn a_batch_is_recorded_set_based_in_submission_order(store: &Store) {
+        let store = &store.clone().with_turn_writers(1);
+        let (a, a_conv) = turn_session(store, "a", true).await;
+        let (b, b_conv) = turn_session(store, "b", true).await;
+        let (closed, _) = turn_session(store, "closed", true).await;
+        assert!(store.close_session(&closed.id).await.unwrap());
+        let before = store.turn_batches();
+        let ttl = Some(Duration::from_secs(90));
+        let turn = |id: &str, ttl, text: &str| -> (String, Option<Duration>, Build) {
+            (id.to_owned(), ttl, Box::new(echo_turn(text.to_owned())))
+        };
+        let (first, outcomes) = one_batch(
+            store,
+            &b.id,
+            vec![
+                turn(&a.id, ttl, "a1"),
+                turn(&b.id, None, "b2"),
+                turn(&a.id, ttl, "a2"),
+                turn(&closed.id, None, "closed"),
+                turn("no-such-session", None, "unknown"),
+                turn(&a.id, ttl, "a3"),
+            ],
+        )
+        .await;
+        assert_eq!(first.unwrap().unwrap().0.interaction_count, 1);
+        let [a1, b2, a2, closed_outcome, unknown_outcome, a3]: [_; 6] = outcomes
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let (a1, b2, a2, a3) = (a1.unwrap(), b2.unwrap(), a2.unwrap(), a3.unwrap());
+        assert!(closed_outcome.is_none() && unknown_outcome.is_none());
+
+        // A session with three turns in the batch: +3, and the turns see 1, 2, 3 in submission order, each
+        // built into its own answer, with the expiry their TTL sets.
+        for (count, (touched, stored)) in [(1, &a1), (2, &a2), (3, &a3)] {
+            assert_eq!(touched.interaction_count, count);
+            assert_eq!(stored[1].metadata, json!({"interaction": count}));
+            assert_eq!(
+                touched.expires_at,
+                Some(touched.last_activity + chrono::Duration::seconds(90))
+            );
+        }
+        assert_eq!(b2.0.interaction_count, 2);
+        assert_eq!(store.get_session(&a.id).await.unwrap(), Some(a3.0.clone()));
+        assert_eq!(
+            conversation_log(store, &a_conv).await,
+            ["a1", "re: a1", "a2", "re: a2", "a3", "re: a3"]
+        );
+        assert_eq!(
+            conversation_log(store, &b_conv).await,
+            ["first", "re: first", "b2", "re: b2"]
+        );
+        for (_, stored) in [&a1, &a2, &a3, &b2] {
+            for message in stored {
+                assert_eq!(
+                    store.get_message(&message.id).await.unwrap().as_ref(),
+                    Some(message)
+                );
+            }
+        }
+        assert_eq!(interactions(store, &closed.id).await, 0);
+        // Both batches (the blocker's and this one) went the set-based way.
+        let after = store.turn_batches();
+        assert_eq!(
+            after.set_based - before.set_based,
+            2,
+            "{before:?} → {after:?}"
+        );
+        assert_eq!(
+            after.turn_by_turn, before.turn_by_turn,
+            "{before:?} → {after:?}"
+        );
+    }
+
+    /// Makes the database refuse (at once, not at commit) every message row with `content`.
+    async fn refuse_rows_with(store: &Store, content: &str) {
+        match store.backend() {
+            store::Backend::Sqlite(s) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = '{content}' \
+                     BEGIN SELECT RAISE(ABORT, 'refused row'); END"
+                )))
+                .execute(s.pool())
+                .await
+                .unwrap();
+            }
+            store::Backend::Postgres(p) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'refused row'; END $$; \
+                     CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW \
+                     WHEN (NEW.content = '{content}') EXECUTE FUNCTION refuse()"
+                )))
+                .execute(p.pool())
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    pub async fn a_failing_turn_sends_its_batch_turn_by_turn(store: &Store) {
+        let store = &store.clone().with_turn_writers(1);
+        let (a, a_conv) = turn_session(store, "a", true).await;
+        let (b, b_conv) = turn_session(store, "b", true).await;
+        let (c, c_conv) = turn_session(store, "c", true).await;
+        let (bare, _) = turn_session(store, "bare", false).await;
+        let echo = |id: &str, text: &str| -> (String, Option<Duration>, Build) {
+            (id.to_owned(), None, Box::new(echo_turn(text.to_owned())))
+        };
+        let before = store.turn_batches();
+
+        // A panicking builder between two turns of its session: as turn by turn, it fails and rolls back alone,
+        // so the next turn of the session sees the count after the first one's (the first one's messages were
+        // built once, by the set-based attempt, and are stored as built).
+        let panics: Build =
+            Box::new(|_: &Session| -> Vec<NewMessage> { panic!("a turn builder that fails") });
+        let (_, outcomes) = one_batch(
+            store,
+            &b.id,
+            vec![
+                echo(&a.id, "a1"),
+                (a.id.clone(), None, panics),
+                echo(&a.id, "a2"),
+                echo(&b.id, "b2"),
+                echo(&bare.id, "no conversation"),
+            ],
+        )
+        .await;
+        let mut outcomes = outcomes.into_iter();
+        let (a1, a1_stored) = outcomes.next().unwrap().unwrap().unwrap();
+        let err = outcomes.next().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    field: "messages",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let (a2, a2_stored) = outcomes.next().unwrap().unwrap().unwrap();
+        let (b2, _) = outcomes.next().unwrap().unwrap().unwrap();
+        let err = outcomes.next().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    what: "conversation"
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            (
+                a1.interaction_count,
+                a2.interaction_count,
+                b2.interaction_count
+            ),
+            (1, 2, 2)
+        );
+        assert_eq!(a1_stored[1].metadata, json!({"interaction": 1}));
+        assert_eq!(a2_stored[1].metadata, json!({"interaction": 2}));
+        assert_eq!(interactions(store, &a.id).await, 2);
+        assert_eq!(interactions(store, &bare.id).await, 0);
+        assert_eq!(
+            conversation_log(store, &a_conv).await,
+            ["a1", "re: a1", "a2", "re: a2"]
+        );
+        let middle = store.turn_batches();
+        assert_eq!(
+            middle.turn_by_turn - before.turn_by_turn,
+            1,
+            "{before:?} → {middle:?}"
+        );
+
+        // A row the database refuses fails its turn alone; the others of the batch are stored.
+        refuse_rows_with(store, "refused").await;
+        let (_, outcomes) = one_batch(
+            store,
+            &a.id,
+            vec![echo(&b.id, "b3"), echo(&c.id, "refused"), echo(&b.id, "b4")],
+        )
+        .await;
+        let mut outcomes = outcomes.into_iter();
+        let (b3, _) = outcomes.next().unwrap().unwrap().unwrap();
+        let err = outcomes.next().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+        let (b4, _) = outcomes.next().unwrap().unwrap().unwrap();
+        assert_eq!((b3.interaction_count, b4.interaction_count), (3, 4));
+        assert_eq!(interactions(store, &c.id).await, 0);
+        assert!(conversation_log(store, &c_conv).await.is_empty());
+        assert_eq!(
+            conversation_log(store, &b_conv).await,
+            [
+                "first",
+                "re: first",
+                "b2",
+                "re: b2",
+                "b3",
+                "re: b3",
+                "b4",
+                "re: b4"
+            ]
+        );
+        let after = store.turn_batches();
+        assert_eq!(
+            after.turn_by_turn - middle.turn_by_turn,
+            1,
+            "{middle:?} → {after:?}"
+        );
+        // The blockers' batches went the set-based way.
+        assert_eq!(
+            after.set_based - before.set_based,
+            2,
+            "{before:?} → {after:?}"
+        );
     }
 
     pub async fn a_dropped_session_write_still_updates_the_cache(store: &Store) {

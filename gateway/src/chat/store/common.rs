@@ -7,9 +7,7 @@
 //! - `CONVERSATION_FOR_UPDATE`: reads a conversation row inside that transaction (PostgreSQL adds `FOR UPDATE`);
 //! - `push_metadata_eq(builder, key, value)`: a condition "metadata's top-level `key` as text equals `value`";
 //! - `writer()`: the pool write statements run on (SQLite keeps a one-connection writer pool, see there);
-//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`;
-//! - `MULTI_STATEMENT_QUERIES`: whether one query with parameters may hold several statements (SQLite: yes;
-//!   PostgreSQL's extended protocol: no), which saves a round trip per chat turn in a group commit.
+//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -559,53 +557,172 @@ macro_rules! store_queries {
                 Ok(stored)
             }
 
-            /// Records `jobs` (see [`super::turns`]) in ONE transaction, each turn inside its own savepoint: a
-            /// turn that fails rolls back to its savepoint alone and answers its error. Returns each turn's outcome
-            /// in order once the transaction has committed; `Err` (nothing stored) if the transaction as a whole
-            /// failed.
+            /// Records `jobs` (see [`super::turns`]) in ONE transaction and returns each turn's outcome in order
+            /// once it has committed, and whether the set-based way did it; `Err` (nothing stored) if the
+            /// transaction as a whole failed.
+            ///
+            /// First set-based ([`Self::record_turns_at_once`]: a few statements for the whole batch). If that
+            /// fails in any way (a turn's session without a conversation, a panicking builder, a database error
+            /// in one turn's rows), the transaction is rolled back and the batch recorded turn by turn
+            /// ([`Self::record_turns_one_by_one`]), where a failing turn rolls back alone. The fallback rolls the
+            /// whole transaction back rather than to a savepoint: that costs one more round trip, but only when
+            /// falling back, where a savepoint around the set-based statements would cost one on every batch, and
+            /// in SQLite a sub-journal copy of every page they change.
+            pub(super) async fn record_turns(
+                &self,
+                jobs: &mut [super::turns::TurnJob],
+            ) -> Result<(Vec<super::turns::TurnOutcome>, bool), sqlx::Error> {
+                let now = micros(now());
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                match Self::record_turns_at_once(&mut tx, jobs, now).await {
+                    Ok(outcomes) => {
+                        tx.commit().await?;
+                        return Ok((outcomes, true));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, turns = jobs.len(), "set-based batch failed: recording turn by turn");
+                        tx.rollback().await?;
+                    }
+                }
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let outcomes = Self::record_turns_one_by_one(&mut tx, jobs, now).await?;
+                tx.commit().await?;
+                Ok((outcomes, false))
+            }
+
+            /// Records `jobs` set-based inside `tx`: ONE `UPDATE … FROM` touches every session of the batch (a
+            /// session with k turns gets +k, under the same condition as [`touch_session_sql!`]), the builders
+            /// run in submission order, each on a snapshot carrying its turn's own count (final − k + 1 … final,
+            /// what the per-turn way gives them), and ONE multi-row `INSERT … RETURNING` (per
+            /// [`MAX_ROWS_PER_INSERT`]) stores every turn's messages, after ONE `UPDATE … FROM` bumping the
+            /// conversations' counts where no trigger does. Any error means "roll back and go turn by turn";
+            /// success gives exactly the outcomes the per-turn way would.
+            async fn record_turns_at_once(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &mut [super::turns::TurnJob],
+                now: i64,
+            ) -> StoreResult<Vec<super::turns::TurnOutcome>> {
+                use std::collections::HashMap;
+                // Each session once: its number of turns and the expiry they set. Turns of one session with
+                // different TTLs would each see another expiry, which only the per-turn way gives them.
+                let mut turns_of: HashMap<&str, (i64, Option<i64>)> = HashMap::with_capacity(jobs.len());
+                for job in jobs.iter() {
+                    let expires = job.ttl.map(|ttl| now.saturating_add(ttl_micros(ttl)));
+                    let (turns, first_expires) = turns_of.entry(&job.session_id).or_insert((0, expires));
+                    if *first_expires != expires {
+                        return Err(StoreError::Invalid {
+                            field: "ttl",
+                            reason: "turns of one session with different TTLs in one batch".to_owned(),
+                        });
+                    }
+                    *turns += 1;
+                }
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("WITH turns (turn_session, turn_count, turn_expires) AS (");
+                qb.push_values(&turns_of, |mut row, (id, (turns, expires))| {
+                    row.push_bind((*id).to_owned()).push_bind(*turns).push_bind(*expires);
+                });
+                qb.push(") UPDATE sessions SET last_activity = CASE WHEN last_activity > ")
+                    .push_bind(now)
+                    .push(" THEN last_activity ELSE ")
+                    .push_bind(now)
+                    .push(concat!(
+                        " END, interaction_count = interaction_count + turns.turn_count, ",
+                        "expires_at = COALESCE(turns.turn_expires, expires_at) FROM turns ",
+                        "WHERE sessions.id = turns.turn_session AND sessions.active = TRUE RETURNING ",
+                        session_columns!()
+                    ));
+                let rows: Vec<SessionRow> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                // Each touched session, with the count its next turn sees.
+                let mut touched = HashMap::with_capacity(rows.len());
+                for row in rows {
+                    let session = Session::from(row);
+                    let Some((turns, _)) = turns_of.get(session.id.as_str()) else {
+                        return Err(StoreError::Corrupt(format!("touched session {} of no turn", session.id)));
+                    };
+                    let first = session.interaction_count - turns + 1;
+                    touched.insert(session.id.clone(), (session, first));
+                }
+
+                // The turns' snapshots (`None`: the session is unknown or closed) and every message to store, as
+                // (turn, message) in submission order.
+                let turn_count = jobs.len();
+                let mut snapshots: Vec<Option<Session>> = Vec::with_capacity(turn_count);
+                let mut rows = Vec::with_capacity(turn_count * 2);
+                for job in jobs.iter_mut() {
+                    let Some((session, next)) = touched.get_mut(&job.session_id) else {
+                        snapshots.push(None);
+                        continue;
+                    };
+                    if session.conversation_id.is_none() {
+                        return Err(StoreError::NotFound { what: "conversation" });
+                    }
+                    let mut snapshot = session.clone();
+                    snapshot.interaction_count = *next;
+                    *next += 1;
+                    let turn = snapshots.len();
+                    rows.extend(job.messages_for(&snapshot)?.iter().map(|message| (turn, message)));
+                    snapshots.push(Some(snapshot));
+                }
+
+                let mut stored: Vec<Vec<Message>> = (0..turn_count).map(|_| Vec::new()).collect();
+                if !rows.is_empty() {
+                    let mut by_conversation: Vec<(&str, &NewMessage)> = Vec::with_capacity(rows.len());
+                    for (turn, message) in &rows {
+                        let Some(Some(conversation)) = snapshots[*turn].as_ref().map(|s| s.conversation_id.as_deref())
+                        else {
+                            return Err(StoreError::Corrupt("a message of a turn without conversation".to_owned()));
+                        };
+                        by_conversation.push((conversation, *message));
+                    }
+                    if !Self::COUNTS_BY_TRIGGER {
+                        let mut added: HashMap<&str, i64> = HashMap::new();
+                        for (conversation, _) in &by_conversation {
+                            *added.entry(*conversation).or_default() += 1;
+                        }
+                        Self::bump_conversations(tx, &added, now).await?;
+                    }
+                    let messages = Self::insert_rows(tx, &by_conversation, now).await?;
+                    for ((turn, _), message) in rows.iter().zip(messages) {
+                        stored[*turn].push(message);
+                    }
+                }
+                Ok(snapshots
+                    .into_iter()
+                    .zip(stored)
+                    .map(|(snapshot, messages)| Ok(snapshot.map(|session| (session, messages))))
+                    .collect())
+            }
+
+            /// Records `jobs` turn by turn inside `tx`, each turn inside its own savepoint: a turn that fails rolls
+            /// back to its savepoint alone and answers its error. `Err` if the transaction itself failed.
             ///
             /// Each turn's savepoint is released when the next one opens, in the same round trip: nested
             /// savepoints would make SQLite copy every page a turn changes into a sub-journal that grows with the
             /// batch (and spills to a temporary file past 64 KiB), and each would stay an open subtransaction in
-            /// PostgreSQL. The COMMIT releases the last one. Where the backend allows several statements with
-            /// parameters in one query (SQLite), opening the savepoint and touching the session are one round trip.
-            ///
-            /// A database error while touching fails the whole batch: it is the transaction failing (the disk, a
-            /// lock), not the turn, and with the savepoint opened in the same query it is not known whether the
-            /// savepoint exists to roll back to.
-            pub(super) async fn record_turns(
-                &self,
+            /// PostgreSQL. The COMMIT releases the last one. A database error while touching fails the whole batch:
+            /// it is the transaction failing (the disk, a lock), not the turn.
+            async fn record_turns_one_by_one(
+                tx: &mut sqlx::Transaction<'_, $db>,
                 jobs: &mut [super::turns::TurnJob],
+                now: i64,
             ) -> Result<Vec<super::turns::TurnOutcome>, sqlx::Error> {
-                let now = micros(now());
-                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 for (i, job) in jobs.iter_mut().enumerate() {
-                    let touch_sql = match (Self::MULTI_STATEMENT_QUERIES, i) {
-                        (true, 0) => concat!("SAVEPOINT turn; ", touch_session_sql!()),
-                        (true, _) => concat!("RELEASE SAVEPOINT turn; SAVEPOINT turn; ", touch_session_sql!()),
-                        (false, 0) => {
-                            sqlx::raw_sql("SAVEPOINT turn").execute(&mut *tx).await?;
-                            touch_session_sql!()
-                        }
-                        (false, _) => {
-                            sqlx::raw_sql("RELEASE SAVEPOINT turn; SAVEPOINT turn").execute(&mut *tx).await?;
-                            touch_session_sql!()
-                        }
-                    };
+                    let savepoint = if i == 0 { "SAVEPOINT turn" } else { "RELEASE SAVEPOINT turn; SAVEPOINT turn" };
+                    sqlx::raw_sql(savepoint).execute(&mut **tx).await?;
                     let touched =
-                        Self::touch_session_query(touch_sql, &job.session_id, job.ttl, now).fetch_optional(&mut *tx).await?;
+                        Self::touch_session_query(&job.session_id, job.ttl, now).fetch_optional(&mut **tx).await?;
                     let outcome = match touched {
                         // Unknown or closed: nothing was written, and the messages are never built.
                         None => Ok(None),
-                        Some(row) => Self::finish_turn(&mut tx, job, Session::from(row), now).await,
+                        Some(row) => Self::finish_turn(tx, job, Session::from(row), now).await,
                     };
                     if outcome.is_err() {
-                        sqlx::query("ROLLBACK TO SAVEPOINT turn").execute(&mut *tx).await?;
+                        sqlx::query("ROLLBACK TO SAVEPOINT turn").execute(&mut **tx).await?;
                     }
                     outcomes.push(outcome);
                 }
-                tx.commit().await?;
                 Ok(outcomes)
             }
 
@@ -620,28 +737,16 @@ macro_rules! store_queries {
                 let Some(conversation_id) = session.conversation_id.clone() else {
                     return Err(StoreError::NotFound { what: "conversation" });
                 };
-                let build = job
-                    .messages
-                    .take()
-                    .ok_or_else(|| StoreError::Corrupt("a turn was recorded twice".to_owned()))?;
-                // The builder is the caller's code running on the writer task: a panic in it fails its turn,
-                // not the writer and every later turn.
-                let touched = &session;
-                let new = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || build(touched)))
-                    .map_err(|_| StoreError::Invalid {
-                        field: "messages",
-                        reason: "building the turn's messages panicked".to_owned(),
-                    })?;
+                let new = job.messages_for(&session)?;
                 let stored = if new.is_empty() {
                     Vec::new()
                 } else {
-                    Self::insert_messages(tx, &conversation_id, &new, now).await?
+                    Self::insert_messages(tx, &conversation_id, new, now).await?
                 };
                 Ok(Some((session, stored)))
             }
 
             /// Inserts `new` into a conversation inside `tx`, bumping its counts first where no trigger does.
-            /// The rows go in with one multi-row `INSERT … RETURNING` (per [`MAX_ROWS_PER_INSERT`]).
             async fn insert_messages(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 conversation_id: &str,
@@ -649,30 +754,58 @@ macro_rules! store_queries {
                 now: i64,
             ) -> StoreResult<Vec<Message>> {
                 if !Self::COUNTS_BY_TRIGGER {
-                    // Bumping the conversation first both takes its row lock and tells whether it exists.
-                    let bumped = sqlx::query(
-                        "UPDATE conversations SET message_count = message_count + $3, \
-                         updated_at = CASE WHEN updated_at > $2 THEN updated_at ELSE $2 END WHERE id = $1",
-                    )
-                    .bind(conversation_id.to_owned())
-                    .bind(now)
-                    .bind(new.len() as i64)
-                    .execute(&mut **tx)
-                    .await?;
-                    if bumped.rows_affected() == 0 {
-                        return Err(StoreError::NotFound { what: "conversation" });
-                    }
+                    let added = std::collections::HashMap::from([(conversation_id, new.len() as i64)]);
+                    Self::bump_conversations(tx, &added, now).await?;
                 }
-                let mut stored = Vec::with_capacity(new.len());
-                for chunk in new.chunks(MAX_ROWS_PER_INSERT) {
+                let rows: Vec<(&str, &NewMessage)> = new.iter().map(|message| (conversation_id, message)).collect();
+                Self::insert_rows(tx, &rows, now).await
+            }
+
+            /// Adds `added[conversation]` to each conversation's `message_count` and moves its `updated_at` to
+            /// `now`, in one statement; `NotFound` if one of them does not exist. Done before inserting the
+            /// messages, so the row locks it takes order concurrent appends to a conversation.
+            async fn bump_conversations(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                added: &std::collections::HashMap<&str, i64>,
+                now: i64,
+            ) -> StoreResult<()> {
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("WITH bumps (bump_conversation, bump_count) AS (");
+                qb.push_values(added, |mut row, (conversation, count)| {
+                    row.push_bind((*conversation).to_owned()).push_bind(*count);
+                });
+                qb.push(concat!(
+                    ") UPDATE conversations SET message_count = message_count + bumps.bump_count, ",
+                    "updated_at = CASE WHEN updated_at > "
+                ))
+                .push_bind(now)
+                .push(" THEN updated_at ELSE ")
+                .push_bind(now)
+                .push(" END FROM bumps WHERE conversations.id = bumps.bump_conversation");
+                let bumped = qb.build().execute(&mut **tx).await?;
+                if bumped.rows_affected() != added.len() as u64 {
+                    return Err(StoreError::NotFound { what: "conversation" });
+                }
+                Ok(())
+            }
+
+            /// Inserts `(conversation, message)` rows in order inside `tx` with multi-row `INSERT … RETURNING`s
+            /// (per [`MAX_ROWS_PER_INSERT`]) and returns the stored messages in the same order.
+            async fn insert_rows(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                rows: &[(&str, &NewMessage)],
+                now: i64,
+            ) -> StoreResult<Vec<Message>> {
+                let mut stored = Vec::with_capacity(rows.len());
+                for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
                     let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, \
                          completion_tokens, created_at) ",
                     );
-                    qb.push_values(chunk.iter().zip(&ids), |mut row, (message, id)| {
+                    qb.push_values(chunk.iter().zip(&ids), |mut row, ((conversation_id, message), id)| {
                         row.push_bind(id.clone())
-                            .push_bind(conversation_id.to_owned())
+                            .push_bind((*conversation_id).to_owned())
                             .push_bind(message.role.as_str())
                             .push_bind(message.content.clone())
                             .push_bind(Json(object_or_empty(&message.metadata)))
@@ -844,21 +977,20 @@ macro_rules! store_queries {
             }
 
             pub async fn touch_session(&self, id: &str, ttl: Option<Duration>) -> StoreResult<Option<Session>> {
-                let row = Self::touch_session_query(touch_session_sql!(), id, ttl, micros(now()))
+                let row = Self::touch_session_query(id, ttl, micros(now()))
                     .fetch_optional(self.writer())
                     .await?;
                 Ok(row.map(Into::into))
             }
 
-            /// Binds [`touch_session_sql!`] (`sql` ends with it) for one session.
+            /// [`touch_session_sql!`] bound for one session.
             fn touch_session_query<'q>(
-                sql: &'static str,
                 id: &str,
                 ttl: Option<Duration>,
                 now_us: i64,
             ) -> sqlx::query::QueryAs<'q, $db, SessionRow, <$db as sqlx::Database>::Arguments> {
                 let expires = ttl.map(|ttl| now_us.saturating_add(ttl_micros(ttl)));
-                sqlx::query_as(sql)
+                sqlx::query_as(touch_session_sql!())
                 .bind(id.to_owned())
                 .bind(now_us)
                 .bind(expires)

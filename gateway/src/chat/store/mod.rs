@@ -39,7 +39,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use cache::SessionCache;
-use turns::{TurnJob, TurnQueue};
+pub use turns::TurnBatches;
+use turns::{TurnBatchCounters, TurnJob, TurnQueue};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -106,6 +107,8 @@ struct Shared {
     turns: OnceLock<TurnQueue>,
     /// How many writers to start; 0 for the backend's default ([`Store::with_turn_writers`]).
     turn_writers: AtomicUsize,
+    /// How the turn writers' batches were recorded ([`Store::turn_batches`]).
+    turn_batches: Arc<TurnBatchCounters>,
     /// Set once the backend's watcher of other processes' writes has been spawned (by the first session read).
     watcher: OnceLock<()>,
     /// Stops the background tasks: cancelled by [`Store::close`], and when the last clone is dropped.
@@ -120,6 +123,7 @@ impl Shared {
             cache: Arc::new(SessionCache::new(cache::DEFAULT_CAPACITY)),
             turns: OnceLock::new(),
             turn_writers: AtomicUsize::new(0),
+            turn_batches: Arc::default(),
             watcher: OnceLock::new(),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -218,6 +222,11 @@ impl Store {
             .turn_writers
             .store(writers.max(1), Ordering::Relaxed);
         self
+    }
+
+    /// How this store's group commits of chat turns ([`Store::record_turn`]) were recorded so far.
+    pub fn turn_batches(&self) -> TurnBatches {
+        self.shared.turn_batches.get()
     }
 
     fn record_error(&self, error: &StoreError) {
@@ -384,17 +393,14 @@ impl Store {
                 &self.backend,
                 writers,
                 &self.shared.cache,
+                &self.shared.turn_batches,
                 &self.shared.stop,
             );
             tasks.into_iter().for_each(|task| self.shared.keep(task));
             queue
         });
         let result = queue
-            .submit(TurnJob {
-                session_id: session_id.to_owned(),
-                ttl,
-                messages: Some(Box::new(messages)),
-            })
+            .submit(TurnJob::new(session_id.to_owned(), ttl, Box::new(messages)))
             .await;
         if let Err(e) = &result {
             self.record_error(e);

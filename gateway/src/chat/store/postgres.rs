@@ -48,18 +48,18 @@ pub struct PgStore {
 
 impl PgStore {
     const BEGIN_WRITE: &'static str = "BEGIN";
-    /// Turns per group commit. Each turn's savepoint is a subtransaction with an id of its own (released or
-    /// not), and beyond 64 in one transaction PostgreSQL's per-backend subtransaction cache overflows, which
-    /// slows every other session's snapshots while the transaction runs.
+    /// Turns per group commit. When a batch falls back to turn by turn, each turn's savepoint is a
+    /// subtransaction with an id of its own (released or not), and beyond 64 in one transaction PostgreSQL's
+    /// per-backend subtransaction cache overflows, which slows every other session's snapshots while the
+    /// transaction runs.
     pub(super) const MAX_TURNS_PER_COMMIT: usize = 64;
-    /// Group-commit writer tasks, each with its own connection when busy. A batch here is bound by its round
-    /// trips (four per turn), not by its commit, so a few batches in parallel keep more of the server busy; a
+    /// Group-commit writer tasks, each with its own connection when busy. A batch here waits on its round
+    /// trips (five set-based: BEGIN, sessions, conversations, messages, COMMIT) and its WAL flush, so a few
+    /// batches in parallel keep more of the server busy; a
     /// session's turns all go to one writer, so they stay ordered and batches never share a session row.
     pub const TURN_WRITERS: usize = 4;
     /// Appends update the conversation row explicitly, first, so its lock orders concurrent appends.
     const COUNTS_BY_TRIGGER: bool = false;
-    /// A prepared statement holds one command.
-    const MULTI_STATEMENT_QUERIES: bool = false;
     const CONVERSATION_FOR_UPDATE: &'static str = concat!(
         "SELECT ",
         conversation_columns!(),

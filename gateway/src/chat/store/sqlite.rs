@@ -70,8 +70,6 @@ impl SqliteStore {
     pub(super) const MAX_TURNS_PER_COMMIT: usize = 128;
     /// A trigger (migration 0002) maintains `message_count`/`updated_at` on insert.
     const COUNTS_BY_TRIGGER: bool = true;
-    /// sqlx runs every statement of a query, binding `$n` of each to the query's n-th argument.
-    const MULTI_STATEMENT_QUERIES: bool = true;
     const CONVERSATION_FOR_UPDATE: &'static str = concat!(
         "SELECT ",
         conversation_columns!(),

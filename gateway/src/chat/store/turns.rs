@@ -2,10 +2,12 @@
 //!
 //! Every turn goes to ONE writer task per store through a bounded queue. The task blocks for the first turn, then
 //! takes whatever else is already queued (up to the backend's `MAX_TURNS_PER_COMMIT`; no timer, so an idle
-//! store adds no latency), and records them in ONE transaction with a savepoint per turn: a turn whose session
-//! is gone, closed or broken rolls back alone. After the single COMMIT it answers each caller through a oneshot,
-//! so a turn is acknowledged only once the commit that contains it has returned (the durability contract). If
-//! the transaction fails, every turn of the batch gets the error and nothing of it is stored.
+//! store adds no latency), and records them in ONE transaction: set-based first (one statement touches every
+//! session of the batch, one inserts every message), and if that fails, turn by turn with a savepoint per turn,
+//! so that a turn whose session has no conversation, whose builder panics or whose row the database refuses
+//! rolls back alone ([`TurnBatches`] counts both ways). After the single COMMIT it answers each caller through
+//! a oneshot, so a turn is acknowledged only once the commit that contains it has returned (the durability
+//! contract). If the transaction fails, every turn of the batch gets the error and nothing of it is stored.
 //!
 //! Why: a turn is a handful of small statements, but its commit is the costly part (SQLite writes the changed
 //! pages to the WAL; PostgreSQL flushes its WAL with `synchronous_commit = on`), and SQLite admits one writer at
@@ -23,6 +25,7 @@
 //! it is the writer's, as it would be once its transaction had been sent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +41,32 @@ pub(super) type BuildMessages = Box<dyn FnOnce(&Session) -> Vec<NewMessage> + Se
 /// What [`super::Store::record_turn`] answers.
 pub(super) type TurnOutcome = StoreResult<Option<(Session, Vec<Message>)>>;
 
+/// How many group commits of chat turns a store has made since it was opened, by the way they were recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TurnBatches {
+    /// Batches recorded with a few set-based statements for the whole batch (the usual way).
+    pub set_based: u64,
+    /// Batches recorded turn by turn, each in its own savepoint, after the set-based way failed (a turn that
+    /// cannot be recorded: its session has no conversation, its builder panicked, the database refused a row).
+    pub turn_by_turn: u64,
+}
+
+/// The counts behind [`TurnBatches`], shared by a store's writers.
+#[derive(Debug, Default)]
+pub(super) struct TurnBatchCounters {
+    set_based: AtomicU64,
+    turn_by_turn: AtomicU64,
+}
+
+impl TurnBatchCounters {
+    pub(super) fn get(&self) -> TurnBatches {
+        TurnBatches {
+            set_based: self.set_based.load(Ordering::Relaxed),
+            turn_by_turn: self.turn_by_turn.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Turns that may wait for the writer; past this, `record_turn` waits to enqueue (backpressure).
 const QUEUE_CAPACITY: usize = 1024;
 
@@ -45,8 +74,49 @@ const QUEUE_CAPACITY: usize = 1024;
 pub(super) struct TurnJob {
     pub(super) session_id: String,
     pub(super) ttl: Option<Duration>,
-    /// Taken (called once) after the session was touched; `None` afterwards.
-    pub(super) messages: Option<BuildMessages>,
+    /// Taken (called once) by the first attempt that touches the session; `None` afterwards.
+    build: Option<BuildMessages>,
+    /// The session `build` was given and what it returned (`None`: it panicked). A builder runs once, so when
+    /// the set-based attempt fails after building, the per-turn retry reuses this.
+    built: Option<(Session, Option<Vec<NewMessage>>)>,
+}
+
+impl TurnJob {
+    pub(super) fn new(session_id: String, ttl: Option<Duration>, build: BuildMessages) -> TurnJob {
+        TurnJob {
+            session_id,
+            ttl,
+            build: Some(build),
+            built: None,
+        }
+    }
+
+    /// The turn's messages for `session` (the touched session as this turn sees it), built on first use.
+    ///
+    /// The builder is the caller's code running on the writer task: a panic in it fails its turn (an error),
+    /// not the writer and every later turn. A retry that touches the session into another state than the one
+    /// the messages were built from (another writer changed it in between) cannot rebuild them and fails the
+    /// turn rather than store messages that describe a state that never was.
+    pub(super) fn messages_for(&mut self, session: &Session) -> StoreResult<&[NewMessage]> {
+        if let Some(build) = self.build.take() {
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(session)));
+            self.built = Some((session.clone(), built.ok()));
+        }
+        match &self.built {
+            Some((from, Some(messages))) if from == session => Ok(messages),
+            Some((from, None)) if from == session => Err(StoreError::Invalid {
+                field: "messages",
+                reason: "building the turn's messages panicked".to_owned(),
+            }),
+            Some(_) => Err(StoreError::Invalid {
+                field: "messages",
+                reason:
+                    "the session changed between the turn's messages being built and their retry"
+                        .to_owned(),
+            }),
+            None => Err(StoreError::Corrupt("a turn without messages".to_owned())),
+        }
+    }
 }
 
 struct Queued {
@@ -67,6 +137,7 @@ impl TurnQueue {
         backend: &Backend,
         writers: usize,
         cache: &Arc<SessionCache>,
+        counters: &Arc<TurnBatchCounters>,
         stop: &CancellationToken,
     ) -> (TurnQueue, Vec<JoinHandle<()>>) {
         let (writers, tasks) = (0..writers.max(1))
@@ -75,6 +146,7 @@ impl TurnQueue {
                 let task = tokio::spawn(run_writer(
                     backend.clone(),
                     cache.clone(),
+                    counters.clone(),
                     turns,
                     stop.clone(),
                 ));
@@ -110,6 +182,7 @@ fn writer_of(session_id: &str, writers: usize) -> usize {
 async fn run_writer(
     backend: Backend,
     cache: Arc<SessionCache>,
+    counters: Arc<TurnBatchCounters>,
     mut turns: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
@@ -141,12 +214,17 @@ async fn run_writer(
                 Err(_) => break,
             }
         }
-        commit_batch(&backend, &cache, &mut batch).await;
+        commit_batch(&backend, &cache, &counters, &mut batch).await;
     }
 }
 
 /// Records `batch` in one transaction and answers every turn of it; leaves `batch` empty.
-async fn commit_batch(backend: &Backend, cache: &SessionCache, batch: &mut Vec<Queued>) {
+async fn commit_batch(
+    backend: &Backend,
+    cache: &SessionCache,
+    counters: &TurnBatchCounters,
+    batch: &mut Vec<Queued>,
+) {
     let (mut jobs, replies): (Vec<TurnJob>, Vec<_>) = batch
         .drain(..)
         .map(|queued| (queued.job, queued.reply))
@@ -161,7 +239,13 @@ async fn commit_batch(backend: &Backend, cache: &SessionCache, batch: &mut Vec<Q
         Backend::Postgres(store) => store.record_turns(&mut jobs).await,
     };
     match result {
-        Ok(outcomes) => {
+        Ok((outcomes, set_based)) => {
+            let counter = if set_based {
+                &counters.set_based
+            } else {
+                &counters.turn_by_turn
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let written: Vec<_> = jobs
                 .iter()
                 .zip(&tickets)
