@@ -1546,40 +1546,38 @@ mod cases {
         store.count_messages(id).await.expect("count messages")
     }
 
+    /// Runs a schema script (several statements) on the store's database, in the backend's dialect.
+    async fn execute_script(store: &Store, sqlite: String, postgres: String) {
+        match store.backend() {
+            store::Backend::Sqlite(s) => sqlx::raw_sql(sqlx::AssertSqlSafe(sqlite))
+                .execute(s.pool())
+                .await
+                .map(drop),
+            store::Backend::Postgres(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(postgres))
+                .execute(p.pool())
+                .await
+                .map(drop),
+        }
+        .expect("the schema script runs");
+    }
+
     /// Makes every later COMMIT that contains a message with `content` fail: a deferred constraint, checked
     /// only at commit time.
     async fn poison_commits_with(store: &Store, content: &str) {
-        match store.backend() {
-            store::Backend::Sqlite(s) => {
-                let mut conn = s.pool().acquire().await.unwrap();
-                sqlx::raw_sql(
-                    "CREATE TABLE commit_guard (conversation_id TEXT \
-                     REFERENCES conversations (id) DEFERRABLE INITIALLY DEFERRED)",
-                )
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE TRIGGER poison AFTER INSERT ON messages WHEN NEW.content = '{content}' \
-                     BEGIN INSERT INTO commit_guard VALUES ('no such conversation'); END"
-                )))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            }
-            store::Backend::Postgres(p) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                     BEGIN RAISE EXCEPTION 'poisoned commit'; END $$; \
-                     CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON messages \
-                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-                     WHEN (NEW.content = '{content}') EXECUTE FUNCTION poison()"
-                )))
-                .execute(p.pool())
-                .await
-                .unwrap();
-            }
-        }
+        let sqlite = format!(
+            "CREATE TABLE commit_guard (conversation_id TEXT \
+             REFERENCES conversations (id) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TRIGGER poison AFTER INSERT ON messages WHEN NEW.content = '{content}' \
+             BEGIN INSERT INTO commit_guard VALUES ('no such conversation'); END"
+        );
+        let postgres = format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'poisoned commit'; END $$; \
+             CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON messages \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+             WHEN (NEW.content = '{content}') EXECUTE FUNCTION poison()"
+        );
+        execute_script(store, sqlite, postgres).await;
     }
 
     pub async fn a_failed_group_commit_fails_every_turn_of_it(store: &Store) {
@@ -1787,28 +1785,17 @@ mod cases {
 
     /// Makes the database refuse (at once, not at commit) every message row with `content`.
     async fn refuse_rows_with(store: &Store, content: &str) {
-        match store.backend() {
-            store::Backend::Sqlite(s) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = '{content}' \
-                     BEGIN SELECT RAISE(ABORT, 'refused row'); END"
-                )))
-                .execute(s.pool())
-                .await
-                .unwrap();
-            }
-            store::Backend::Postgres(p) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                     BEGIN RAISE EXCEPTION 'refused row'; END $$; \
-                     CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW \
-                     WHEN (NEW.content = '{content}') EXECUTE FUNCTION refuse()"
-                )))
-                .execute(p.pool())
-                .await
-                .unwrap();
-            }
-        }
+        let sqlite = format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.content = '{content}' \
+             BEGIN SELECT RAISE(ABORT, 'refused row'); END"
+        );
+        let postgres = format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'refused row'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW \
+             WHEN (NEW.content = '{content}') EXECUTE FUNCTION refuse()"
+        );
+        execute_script(store, sqlite, postgres).await;
     }
 
     pub async fn a_failing_turn_sends_its_batch_turn_by_turn(store: &Store) {
