@@ -1183,15 +1183,7 @@ mod cases {
             .record_turn(&bare.id, None, turn("lost"))
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::NotFound {
-                    what: "conversation"
-                }
-            ),
-            "{err:?}"
-        );
+        assert_missing_conversation(&err);
         assert_eq!(interactions(store, &bare.id).await, 0);
 
         // A closed or unknown session: `None`, the messages are never built, nothing is written.
@@ -1307,15 +1299,7 @@ mod cases {
                         .record_turn(&bare, None, echo_turn("y".into()))
                         .await
                         .unwrap_err();
-                    assert!(
-                        matches!(
-                            err,
-                            StoreError::NotFound {
-                                what: "conversation"
-                            }
-                        ),
-                        "{err:?}"
-                    );
+                    assert_missing_conversation(&err);
                     (usize::MAX, 0, Vec::new())
                 }));
             }
@@ -1454,15 +1438,7 @@ mod cases {
         let mut results = results.into_iter();
         let (a1, a1_messages) = results.next().unwrap().unwrap().unwrap();
         let err = results.next().unwrap().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::NotFound {
-                    what: "conversation"
-                }
-            ),
-            "{err:?}"
-        );
+        assert_missing_conversation(&err);
         let (b1, b1_messages) = results.next().unwrap().unwrap().unwrap();
         assert!(
             results.next().unwrap().unwrap().is_none(),
@@ -1530,6 +1506,19 @@ mod cases {
             .unwrap()
             .unwrap();
         assert_eq!(doomed_now.interaction_count, 1);
+    }
+
+    /// The error of a write whose conversation does not exist (any more).
+    fn assert_missing_conversation(err: &StoreError) {
+        assert!(
+            matches!(
+                err,
+                StoreError::NotFound {
+                    what: "conversation"
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     /// A stored session's interaction count.
@@ -1842,15 +1831,7 @@ mod cases {
         let (a2, a2_stored) = outcomes.next().unwrap().unwrap().unwrap();
         let (b2, _) = outcomes.next().unwrap().unwrap().unwrap();
         let err = outcomes.next().unwrap().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::NotFound {
-                    what: "conversation"
-                }
-            ),
-            "{err:?}"
-        );
+        assert_missing_conversation(&err);
         assert_eq!(
             (
                 a1.interaction_count,
