@@ -965,50 +965,13 @@ impl LocalEngine {
             metadata: params.metadata,
             input_usage,
         };
-        self.emit(ServerEvent::ResponseCreated {
-            event_id: None,
-            response: Response {
-                id: id.to_string(),
-                object: Some("realtime.response".to_owned()),
-                status: ResponseStatus::InProgress,
-                status_details: None,
-                output: Vec::new(),
-                conversation_id: in_conversation.then(|| "conv_local".to_owned()),
-                output_modalities: Some(vec![modality]),
-                usage: None,
-                metadata: response.metadata.clone(),
-            },
-        });
-        let item = assistant_item(&item_id, "in_progress", Vec::new());
-        self.emit(ServerEvent::OutputItemAdded {
-            event_id: None,
-            response_id: id.to_string(),
-            output_index: 0,
-            item: item.clone(),
-        });
-        if in_conversation {
-            let previous_item_id = self.items.last().map(|i| i.id.clone());
-            self.items.push(ConvItem {
-                id: item_id.to_string(),
-                role: Role::Assistant,
-                text: None,
-                audio_ms: 0,
-                has_audio: modality == Modality::Audio,
-            });
-            self.emit(ServerEvent::ConversationItemAdded {
-                event_id: None,
-                previous_item_id,
-                item,
-            });
-        }
-        self.emit(ServerEvent::ContentPartAdded {
-            event_id: None,
-            response_id: id.to_string(),
-            item_id: item_id.to_string(),
-            output_index: 0,
-            content_index: 0,
-            part: empty_part(modality),
-        });
+        self.open_response(
+            &id,
+            &item_id,
+            modality,
+            in_conversation,
+            response.metadata.clone(),
+        );
         match modality {
             Modality::Audio => {
                 let request = SynthesisRequest {
@@ -1038,6 +1001,62 @@ impl LocalEngine {
                 self.finish_response(ResponseStatus::Completed, None);
             }
         }
+    }
+
+    /// Opens a response the way OpenAI does: `response.created`, `response.output_item.added`, then
+    /// `conversation.item.added` when it joins the conversation, then `response.content_part.added`.
+    fn open_response(
+        &mut self,
+        id: &str,
+        item_id: &str,
+        modality: Modality,
+        in_conversation: bool,
+        metadata: Option<serde_json::Value>,
+    ) {
+        self.emit(ServerEvent::ResponseCreated {
+            event_id: None,
+            response: Response {
+                id: id.to_owned(),
+                object: Some("realtime.response".to_owned()),
+                status: ResponseStatus::InProgress,
+                status_details: None,
+                output: Vec::new(),
+                conversation_id: in_conversation.then(|| "conv_local".to_owned()),
+                output_modalities: Some(vec![modality]),
+                usage: None,
+                metadata,
+            },
+        });
+        let item = assistant_item(item_id, "in_progress", Vec::new());
+        self.emit(ServerEvent::OutputItemAdded {
+            event_id: None,
+            response_id: id.to_owned(),
+            output_index: 0,
+            item: item.clone(),
+        });
+        if in_conversation {
+            let previous_item_id = self.items.last().map(|i| i.id.clone());
+            self.items.push(ConvItem {
+                id: item_id.to_owned(),
+                role: Role::Assistant,
+                text: None,
+                audio_ms: 0,
+                has_audio: modality == Modality::Audio,
+            });
+            self.emit(ServerEvent::ConversationItemAdded {
+                event_id: None,
+                previous_item_id,
+                item,
+            });
+        }
+        self.emit(ServerEvent::ContentPartAdded {
+            event_id: None,
+            response_id: id.to_owned(),
+            item_id: item_id.to_owned(),
+            output_index: 0,
+            content_index: 0,
+            part: empty_part(modality),
+        });
     }
 
     /// What the reply should talk about: the last user item (or the given input items).
@@ -1327,48 +1346,7 @@ impl LocalEngine {
         if self.echo.is_none() {
             let id: Arc<str> = self.ids.make("resp").into();
             let item_id: Arc<str> = self.ids.make("item").into();
-            self.emit(ServerEvent::ResponseCreated {
-                event_id: None,
-                response: Response {
-                    id: id.to_string(),
-                    object: Some("realtime.response".to_owned()),
-                    status: ResponseStatus::InProgress,
-                    status_details: None,
-                    output: Vec::new(),
-                    conversation_id: Some("conv_local".to_owned()),
-                    output_modalities: Some(vec![Modality::Audio]),
-                    usage: None,
-                    metadata: None,
-                },
-            });
-            let item = assistant_item(&item_id, "in_progress", Vec::new());
-            self.emit(ServerEvent::OutputItemAdded {
-                event_id: None,
-                response_id: id.to_string(),
-                output_index: 0,
-                item: item.clone(),
-            });
-            let previous_item_id = self.items.last().map(|i| i.id.clone());
-            self.items.push(ConvItem {
-                id: item_id.to_string(),
-                role: Role::Assistant,
-                text: None,
-                audio_ms: 0,
-                has_audio: true,
-            });
-            self.emit(ServerEvent::ConversationItemAdded {
-                event_id: None,
-                previous_item_id,
-                item,
-            });
-            self.emit(ServerEvent::ContentPartAdded {
-                event_id: None,
-                response_id: id.to_string(),
-                item_id: item_id.to_string(),
-                output_index: 0,
-                content_index: 0,
-                part: empty_part(Modality::Audio),
-            });
+            self.open_response(&id, &item_id, Modality::Audio, true, None);
             self.echo = Some(EchoResponse {
                 id,
                 item_id,
