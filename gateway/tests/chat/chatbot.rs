@@ -475,40 +475,6 @@ async fn disconnect_and_delete_close_the_session() {
     );
 }
 
-/// A one-page PDF written by hand: catalog, pages, page, content stream and a standard font, with a
-/// correct cross-reference table.
-fn hand_written_pdf(text: &str) -> Vec<u8> {
-    let content = format!("BT /F1 12 Tf 72 720 Td ({text}) Tj ET\n");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>".to_owned(),
-        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_owned(),
-    ];
-    let mut pdf = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (index, object) in objects.iter().enumerate() {
-        offsets.push(pdf.len());
-        pdf.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", index + 1).as_bytes());
-    }
-    let xref = pdf.len();
-    pdf.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    pdf.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    pdf
-}
-
 fn multipart(boundary: &str, file_name: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(
@@ -572,7 +538,7 @@ async fn document_uploads() {
     assert_eq!(body["size_bytes"], 22);
     assert!(body["chunk_count"].as_i64().unwrap() >= 1);
 
-    let pdf = hand_written_pdf("Quarterly revenue grew by eleven percent");
+    let pdf = voxgate::testing::one_page_pdf(&["Quarterly revenue grew by eleven percent"]);
     let (status, body) = upload(&server, &alice, "application/pdf", pdf.clone()).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["mime"], "application/pdf");
@@ -660,8 +626,9 @@ async fn document_uploads() {
 async fn answers_use_the_uploaded_document() {
     let server = start(|_| {}).await;
     let alice = token(&server, "alice");
-    let pdf =
-        hand_written_pdf("The Zephyr project launch code is 7341 and the launch site is Kourou.");
+    let pdf = voxgate::testing::one_page_pdf(&[
+        "The Zephyr project launch code is 7341 and the launch site is Kourou.",
+    ]);
     let (status, body) = upload(&server, &alice, "application/pdf", pdf).await;
     assert_eq!(status, 201, "{body}");
     upload(

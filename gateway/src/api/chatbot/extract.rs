@@ -144,49 +144,6 @@ fn truncate_chars(mut text: String, max: usize) -> String {
 mod tests {
     use super::*;
 
-    /// A minimal one-page PDF whose page shows `lines` in Helvetica: used by tests to upload a real PDF.
-    /// Parentheses and backslashes in the lines are escaped as the PDF string syntax requires.
-    fn tiny_pdf(lines: &[&str]) -> Vec<u8> {
-        let mut content = String::from("BT /F1 12 Tf 72 720 Td 14 TL\n");
-        for line in lines {
-            let escaped = line
-                .replace('\\', "\\\\")
-                .replace('(', "\\(")
-                .replace(')', "\\)");
-            content.push_str(&format!("({escaped}) Tj T*\n"));
-        }
-        content.push_str("ET\n");
-        let objects = [
-            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>"
-                .to_owned(),
-            format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
-            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_owned(),
-        ];
-        let mut pdf = b"%PDF-1.4\n".to_vec();
-        let mut offsets = Vec::new();
-        for (index, object) in objects.iter().enumerate() {
-            offsets.push(pdf.len());
-            pdf.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", index + 1).as_bytes());
-        }
-        let xref = pdf.len();
-        pdf.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-        );
-        for offset in offsets {
-            pdf.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-        }
-        pdf.extend_from_slice(
-            format!(
-                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-                objects.len() + 1
-            )
-            .as_bytes(),
-        );
-        pdf
-    }
-
     #[test]
     fn content_types() {
         assert_eq!(
@@ -223,7 +180,7 @@ mod tests {
             extract_text(DocumentKind::Text, b"  \n"),
             Err(ExtractError::Empty)
         );
-        let pdf = tiny_pdf(&["The launch code is (zebra) 42.", "Second line"]);
+        let pdf = crate::testing::one_page_pdf(&["The launch code is (zebra) 42.", "Second line"]);
         let text = extract_text(DocumentKind::Pdf, &pdf).unwrap();
         assert!(text.contains("The launch code is (zebra) 42."), "{text:?}");
         assert!(text.contains("Second line"), "{text:?}");
