@@ -460,6 +460,7 @@ async fn metrics_expose_every_family_in_valid_text_format() {
         "voxgate_connections_open",
         "voxgate_connections_rejected_total",
         "voxgate_chat_tokens_total",
+        "voxgate_rate_limited_total",
         "voxgate_model_latency_seconds",
         "voxgate_store_errors_total",
     ] {
