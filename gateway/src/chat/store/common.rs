@@ -322,27 +322,6 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 /// Rows per multi-row `INSERT`: far below PostgreSQL's 65,535 bind parameters (8 per message row).
 pub(super) const MAX_ROWS_PER_INSERT: usize = 1000;
 
-/// Puts the rows an `INSERT … RETURNING` gave back (in no guaranteed order) in the order of the ids inserted.
-pub(super) fn in_input_order(
-    mut rows: Vec<Message>,
-    ids: &[String],
-) -> Result<Vec<Message>, StoreError> {
-    if rows.len() != ids.len() {
-        return Err(StoreError::Corrupt(format!(
-            "inserted {} messages, {} returned",
-            ids.len(),
-            rows.len()
-        )));
-    }
-    let position: std::collections::HashMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    rows.sort_by_key(|m| position.get(m.id.as_str()).copied().unwrap_or(usize::MAX));
-    Ok(rows)
-}
-
 pub(super) fn micros(t: DateTime<Utc>) -> i64 {
     to_micros(t)
 }
@@ -789,8 +768,9 @@ macro_rules! store_queries {
                 Ok(())
             }
 
-            /// Inserts `(conversation, message)` rows in order inside `tx` with multi-row `INSERT … RETURNING`s
-            /// (per [`MAX_ROWS_PER_INSERT`]) and returns the stored messages in the same order.
+            /// Inserts `(conversation, message)` rows in order inside `tx` with multi-row `INSERT`s (per
+            /// [`MAX_ROWS_PER_INSERT`]) and returns the stored messages in the same order. Every column but
+            /// `seq` is decided here, so the database only tells each row's `seq` ([`Self::inserted_seqs`]).
             async fn insert_rows(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 rows: &[(&str, &NewMessage)],
@@ -798,25 +778,37 @@ macro_rules! store_queries {
             ) -> StoreResult<Vec<Message>> {
                 let mut stored = Vec::with_capacity(rows.len());
                 for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
-                    let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
+                    let ids: Vec<String> = chunk.iter().map(|_| new_message_id()).collect();
+                    let metadata: Vec<Value> = chunk.iter().map(|(_, m)| object_or_empty(&m.metadata)).collect();
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, \
                          completion_tokens, created_at) ",
                     );
-                    qb.push_values(chunk.iter().zip(&ids), |mut row, ((conversation_id, message), id)| {
+                    qb.push_values(chunk.iter().zip(&ids).zip(&metadata), |mut row, (((conversation_id, message), id), metadata)| {
                         row.push_bind(id.clone())
                             .push_bind((*conversation_id).to_owned())
                             .push_bind(message.role.as_str())
                             .push_bind(message.content.clone())
-                            .push_bind(Json(object_or_empty(&message.metadata)))
+                            .push_bind(Json(metadata.clone()))
                             .push_bind(i64::from(message.prompt_tokens))
                             .push_bind(i64::from(message.completion_tokens))
                             .push_bind(now);
                     });
-                    qb.push(concat!(" RETURNING ", message_columns!()));
-                    let rows: Vec<MessageRow> =
-                        qb.build_query_as().fetch_all(&mut **tx).await.map_err(Self::missing_conversation)?;
-                    stored.extend(in_input_order(messages(rows)?, &ids)?);
+                    let seqs = Self::inserted_seqs(qb, tx, &ids).await?;
+                    let created_at = from_micros(now);
+                    stored.extend(chunk.iter().zip(ids).zip(metadata).zip(seqs).map(
+                        |((((conversation_id, message), id), metadata), seq)| Message {
+                            id,
+                            conversation_id: (*conversation_id).to_owned(),
+                            seq,
+                            role: message.role,
+                            content: message.content.clone(),
+                            metadata,
+                            prompt_tokens: message.prompt_tokens,
+                            completion_tokens: message.completion_tokens,
+                            created_at,
+                        },
+                    ));
                 }
                 Ok(stored)
             }
@@ -831,7 +823,7 @@ macro_rules! store_queries {
                     "completion_tokens, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
                     message_columns!()
                 ))
-                .bind(new_id())
+                .bind(new_message_id())
                 .bind(conversation_id.to_owned())
                 .bind(message.role.as_str())
                 .bind(message.content.clone())

@@ -109,8 +109,8 @@ struct Shared {
     turn_writers: AtomicUsize,
     /// How the turn writers' batches were recorded ([`Store::turn_batches`]).
     turn_batches: Arc<TurnBatchCounters>,
-    /// Set once the backend's watcher of other processes' writes has been spawned (by the first session read).
-    watcher: OnceLock<()>,
+    /// Set once the backend's background tasks have been spawned (by the first session read or turn).
+    background: OnceLock<()>,
     /// Stops the background tasks: cancelled by [`Store::close`], and when the last clone is dropped.
     stop: CancellationToken,
     /// The background tasks, awaited by [`Store::close`].
@@ -124,7 +124,7 @@ impl Shared {
             turns: OnceLock::new(),
             turn_writers: AtomicUsize::new(0),
             turn_batches: Arc::default(),
-            watcher: OnceLock::new(),
+            background: OnceLock::new(),
             stop: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         })
@@ -379,6 +379,7 @@ impl Store {
         if self.shared.stop.is_cancelled() {
             return Err(StoreError::Database(sqlx::Error::PoolClosed));
         }
+        self.start_background();
         let queue = self.shared.turns.get_or_init(|| {
             let writers = match (
                 &self.backend,
@@ -474,7 +475,7 @@ impl Store {
 
     /// The session, from the session cache when it holds it.
     pub async fn get_session(&self, id: &str) -> StoreResult<Option<Session>> {
-        self.watch_other_writers();
+        self.start_background();
         let cache = &self.shared.cache;
         if let Some(session) = cache.get(id) {
             return Ok(Some(session));
@@ -501,20 +502,27 @@ impl Store {
         })?
     }
 
-    /// Starts the backend's watcher of other processes' session writes, once; the cache serves reads only
-    /// while it runs.
-    fn watch_other_writers(&self) {
-        self.shared.watcher.get_or_init(|| {
+    /// Starts the backend's background tasks, once (they need a runtime): the watcher of other processes'
+    /// session writes (the cache serves reads only while it runs) and, on SQLite, the WAL checkpointer.
+    fn start_background(&self) {
+        self.shared.background.get_or_init(|| {
             if self.shared.stop.is_cancelled() {
                 return;
             }
             let cache = self.shared.cache.clone();
             let stop = self.shared.stop.clone();
-            let task = match &self.backend {
-                Backend::Sqlite(s) => tokio::spawn(s.clone().watch_other_writers(cache, stop)),
-                Backend::Postgres(s) => tokio::spawn(s.clone().watch_other_writers(cache, stop)),
-            };
-            self.shared.keep(task);
+            match &self.backend {
+                Backend::Sqlite(s) => {
+                    self.shared
+                        .keep(tokio::spawn(s.clone().checkpoint_wal(stop.clone())));
+                    self.shared
+                        .keep(tokio::spawn(s.clone().watch_other_writers(cache, stop)));
+                }
+                Backend::Postgres(s) => {
+                    self.shared
+                        .keep(tokio::spawn(s.clone().watch_other_writers(cache, stop)));
+                }
+            }
         });
     }
 

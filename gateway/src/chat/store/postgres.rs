@@ -156,6 +156,29 @@ impl PgStore {
         }
     }
 
+    /// Runs `insert`, a multi-row `INSERT INTO messages` of the rows `ids` names, and returns their `seq`s in
+    /// order (concurrent writers may interleave sequence values, so each row says its own).
+    async fn inserted_seqs(
+        mut insert: sqlx::QueryBuilder<Postgres>,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        ids: &[String],
+    ) -> StoreResult<Vec<i64>> {
+        insert.push(" RETURNING id, seq");
+        let rows: Vec<(String, i64)> = insert
+            .build_query_as()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Self::missing_conversation)?;
+        let seq_of: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+        ids.iter()
+            .map(|id| {
+                seq_of.get(id).copied().ok_or_else(|| {
+                    StoreError::Corrupt(format!("inserted message {id} was not returned"))
+                })
+            })
+            .collect()
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

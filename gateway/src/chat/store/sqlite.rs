@@ -19,6 +19,13 @@
 //! - `BEGIN IMMEDIATE` for read-then-write transactions, so they take the write lock before reading and cannot
 //!   fail to upgrade.
 //! - foreign keys on (cascading deletes of a conversation's messages, ratings and attachments).
+//! - Checkpoints off the write path: a task checkpoints the WAL into the database file from a read connection
+//!   every [`CHECKPOINT_EVERY`] (PASSIVE: it never blocks the writer). Left to SQLite, the commit that crosses
+//!   1,000 WAL pages copies them and fsyncs on the writer's own thread, and every chat turn queued behind that
+//!   commit waits for it. The writer's automatic checkpoint stays on, at [`WRITER_AUTOCHECKPOINT_PAGES`], as the
+//!   bound on the WAL when that task is not running.
+//! - `temp_store = MEMORY`: a multi-row statement inside a transaction keeps a statement journal, which SQLite
+//!   otherwise spills to a temporary file past 64 KiB.
 //!
 //! Other processes' writes and the session cache: the writer connection's `PRAGMA data_version` changes exactly
 //! when ANOTHER connection (another process, or another store on the same file) has committed. A task reads it
@@ -50,6 +57,11 @@ use crate::chat::domain::*;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of the read pool: reads run in parallel in WAL mode.
 const MAX_READERS: u32 = 8;
+/// How often the WAL is checkpointed into the database file, off the writer's thread.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// The writer's own automatic checkpoint, in WAL pages (4 KiB each): only reached when [`CHECKPOINT_EVERY`]'s
+/// task is not running or cannot keep up.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// How often the writer connection's `PRAGMA data_version` is read: the bound on how long the session cache may
 /// serve a row another process has changed.
 pub const DATA_VERSION_POLL: Duration = Duration::from_millis(250);
@@ -98,7 +110,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("temp_store", "MEMORY")
+            .pragma(
+                "wal_autocheckpoint",
+                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+            );
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // One connection for the store's lifetime: `PRAGMA data_version` only compares within a connection.
@@ -170,6 +187,55 @@ impl SqliteStore {
             }
         }
         cache.set_enabled(false);
+    }
+
+    /// Runs `insert`, a multi-row `INSERT INTO messages` of the rows `ids` names, and returns their `seq`s in
+    /// order. `seq` is an AUTOINCREMENT rowid: the rows of one statement on the one writer get consecutive
+    /// values ending at the last inserted rowid (the count trigger inserts nothing). Asking for them with
+    /// `RETURNING` instead would send each row from the connection's thread on its own, one wake-up apiece.
+    async fn inserted_seqs(
+        mut insert: sqlx::QueryBuilder<Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        ids: &[String],
+    ) -> StoreResult<Vec<i64>> {
+        let done = insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(Self::missing_conversation)?;
+        let count = ids.len() as i64;
+        if done.rows_affected() != ids.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "inserted {} of {count} messages",
+                done.rows_affected()
+            )));
+        }
+        let last = done.last_insert_rowid();
+        Ok((last - count + 1..=last).collect())
+    }
+
+    /// Checkpoints the WAL from a read connection every [`CHECKPOINT_EVERY`] until `stop` (module
+    /// documentation). A failure is logged once per run of failures; the writer's automatic checkpoint is the
+    /// backstop meanwhile.
+    pub(super) async fn checkpoint_wal(self, stop: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                () = stop.cancelled() => break,
+            }
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "WAL checkpoint failed: left to the writer until it works");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// The read pool.

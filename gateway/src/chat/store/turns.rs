@@ -234,10 +234,16 @@ async fn commit_batch(
         .iter()
         .map(|job| cache.ticket(&job.session_id))
         .collect();
+    let started = std::time::Instant::now();
     let result = match backend {
         Backend::Sqlite(store) => store.record_turns(&mut jobs).await,
         Backend::Postgres(store) => store.record_turns(&mut jobs).await,
     };
+    tracing::debug!(
+        turns = jobs.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "group commit"
+    );
     match result {
         Ok((outcomes, set_based)) => {
             let counter = if set_based {
