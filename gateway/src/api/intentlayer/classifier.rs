@@ -420,11 +420,11 @@ pub fn normalize(text: &str) -> String {
 /// Whether the normalised `text` contains `phrase` as whole words.
 fn contains_phrase(padded: &str, phrase: &str) -> bool {
     // `padded` is " text "; a phrase matches only between spaces.
-    let mut needle = String::with_capacity(phrase.len() + 2);
-    needle.push(' ');
-    needle.push_str(phrase);
-    needle.push(' ');
-    padded.contains(&needle)
+    let bytes = padded.as_bytes();
+    padded.match_indices(phrase).any(|(at, _)| {
+        at.checked_sub(1).map(|before| bytes[before]) == Some(b' ')
+            && bytes.get(at + phrase.len()) == Some(&b' ')
+    })
 }
 
 /// Guesses the language from marker words and accented letters; `None` when the evidence is even.
