@@ -129,8 +129,6 @@ pub struct VoiceConfig {
     pub append_batch_ms: u64,
     /// Turn detection requested from the upstream.
     pub turn_detection: TurnDetection,
-    /// Bound of the client-to-upstream queue, in messages. A full queue stops reading the client (TCP backpressure).
-    pub input_queue_frames: usize,
     /// Bound of the upstream-to-client audio queue, in frames. A full queue drops the oldest (`client_slow`).
     pub output_queue_frames: usize,
     /// Time allowed to open the upstream WebSocket, handshake included.
@@ -378,8 +376,7 @@ impl Default for VoiceConfig {
             idle_timeout: Duration::from_secs(300),
             append_batch_ms: 0,
             turn_detection: TurnDetection::ServerVad,
-            // 20 ms frames: 64 is 1.28 s of input, 256 is 5.12 s of output (a model may burst ahead of playback).
-            input_queue_frames: 64,
+            // 20 ms frames: 256 is 5.12 s of output (a model may burst ahead of playback).
             output_queue_frames: 256,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_reconnect_attempts: 3,
@@ -781,11 +778,6 @@ impl Config {
         ensure(
             v.max_sessions > 0,
             "voice.max_sessions",
-            "must be at least 1",
-        )?;
-        ensure(
-            v.input_queue_frames > 0,
-            "voice.input_queue_frames",
             "must be at least 1",
         )?;
         ensure(

@@ -1,7 +1,8 @@
 //! One voice session: the actor that owns the decision core and the upstream connection.
 //!
-//! The client transport feeds [`Inbound`] messages through a bounded channel and writes whatever
-//! the session puts in its [`Outbox`]. The actor turns inbound messages, upstream events, timers
+//! The client transport hands the session a stream of [`Inbound`] messages, polled in the session's own task
+//! (no queue between them: while the session waits, for example on an upstream send, the client socket is not
+//! read and TCP pushes back on the client), and writes whatever the session puts in its [`Outbox`]. The actor turns inbound messages, upstream events, timers
 //! and shutdown into [`Event`]s for [`SessionCore`] and carries out the [`Action`]s it returns:
 //! this task only moves data; every decision is in [`core`].
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -66,8 +67,12 @@ pub struct SessionContext {
 
 type Connecting = Pin<Box<dyn Future<Output = Result<UpstreamConnection, ConnectError>> + Send>>;
 
-/// Runs the session until the client goes away or the session closes it; logs the usage at the end.
-pub async fn run(ctx: SessionContext, inbound: mpsc::Receiver<Inbound>, outbox: Arc<Outbox>) {
+/// Runs the session until the client goes away (`inbound` ends) or the session closes it; logs the usage at
+/// the end.
+pub async fn run<S>(ctx: SessionContext, inbound: &mut S, outbox: Arc<Outbox>)
+where
+    S: Stream<Item = Inbound> + Unpin,
+{
     let span = tracing::info_span!("voice_session", session_id = %ctx.id);
     Actor::new(ctx, outbox).run(inbound).instrument(span).await;
 }
@@ -106,7 +111,10 @@ impl Actor {
         }
     }
 
-    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
+    async fn run<S>(mut self, inbound: &mut S)
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
         let started = Instant::now();
         self.ctx.metrics.active_sessions.inc();
         let mut keepalive = tokio::time::interval(self.ctx.ping_interval);
@@ -142,7 +150,7 @@ impl Actor {
                     self.shutdown_seen = true;
                     self.core.handle(Event::Shutdown, Instant::now());
                 }
-                message = inbound.recv() => match message {
+                message = inbound.next() => match message {
                     Some(Inbound::Text(text)) => self.core.handle(Event::ClientText(&text), Instant::now()),
                     Some(Inbound::Audio { data, read_at }) => {
                         self.ctx.metrics.frames_in.inc();

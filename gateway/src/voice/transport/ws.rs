@@ -8,8 +8,10 @@
 //! pings the client. RFC 6455 violations close with their codes: 1009 for a message over the
 //! limit, 1007 for invalid UTF-8, 1002 for protocol errors.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -17,8 +19,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use futures_util::{SinkExt as _, Stream, StreamExt as _};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite;
 
 use crate::http::ws::limit_upgrade;
@@ -95,105 +97,109 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
         state.config.voice.output_queue_frames,
         CONTROL_QUEUE,
     ));
-    let (tx, rx) = mpsc::channel(state.config.voice.input_queue_frames);
     let (sink, stream) = socket.split();
     let missed_pongs = Arc::new(AtomicU32::new(0));
+    let mut inbound = ClientMessages {
+        stream,
+        outbox: Arc::clone(&outbox),
+        missed_pongs: Arc::clone(&missed_pongs),
+        ended: false,
+    };
 
-    let mut actor = Box::pin(session::run(ctx, rx, Arc::clone(&outbox)));
+    let mut actor = Box::pin(session::run(ctx, &mut inbound, Arc::clone(&outbox)));
     let mut writer = Box::pin(write_loop(
         sink,
         Arc::clone(&outbox),
         limits.ping_interval,
-        Arc::clone(&missed_pongs),
-        metrics.clone(),
-    ));
-    let mut reader = Some(Box::pin(read_loop(
-        stream,
-        tx,
-        Arc::clone(&outbox),
         missed_pongs,
-    )));
-
+        metrics,
+    ));
     let mut actor_done = false;
     loop {
-        // Polled in data-flow order, so one wake-up carries a frame all the way: the reader queues it,
-        // the actor relays it (or queues the bot audio an upstream event carried), the writer sends it.
-        // Any other order leaves the work to a second poll of the task.
         tokio::select! {
             biased;
-            () = async { match reader.as_mut() { Some(r) => r.await, None => std::future::pending().await } } => {
-                // Dropping the reader drops the input sender: the actor sees the client is gone.
-                reader = None;
-            }
             () = &mut actor, if !actor_done => {
                 actor_done = true;
-                // Whatever ended the session, the client gets a close frame after what is queued.
                 outbox.close(1000, "session ended".to_owned());
             }
             () = &mut writer => break,
         }
     }
-    // The close frame is out (or the socket is dead): give the peer a bounded time to answer. The actor runs
-    // on meanwhile: a reader waiting for room in the input queue is released when the actor drops it.
-    let reader = async {
-        if let Some(reader) = reader {
-            let _ = tokio::time::timeout(limits.close_timeout, reader).await;
-        }
-    };
-    let actor = async {
-        if !actor_done {
-            actor.await;
-        }
-    };
-    tokio::join!(reader, actor);
+    if !actor_done {
+        // The writer is done (its close frame went out, or the client is gone): a closing outbox ends the
+        // client's messages, so the session winds down (closes its upstream, logs its usage) at its next poll.
+        outbox.close_now(1000, "client gone".to_owned());
+        (&mut actor).await;
+    }
+    drop(actor);
+    // Wait a little for the client's close reply, as the close handshake asks.
+    let _ = tokio::time::timeout(limits.close_timeout, inbound.drain_until_close()).await;
 }
 
-/// Reads client frames into the session; returns when the client closes or breaks the protocol.
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Inbound>,
+/// The client's messages as the session reads them, in the session's task: audio and text. Pings, pongs and
+/// the close handshake stay here; a protocol violation closes the outbox with its RFC 6455 code. The stream
+/// ends when the client closes or breaks the protocol, and once the outbox is closing: the session takes no
+/// input after deciding to close.
+struct ClientMessages {
+    stream: SplitStream<WebSocket>,
     outbox: Arc<Outbox>,
     missed_pongs: Arc<AtomicU32>,
-) {
-    while let Some(message) = stream.next().await {
-        missed_pongs.store(0, Ordering::Relaxed);
-        let inbound = match message {
-            Ok(Message::Binary(data)) => Inbound::Audio {
-                data,
-                read_at: Instant::now(),
-            },
-            Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) => return,
-            Err(error) => {
-                if let Some((code, reason)) = close_code_for(error) {
-                    tracing::debug!(code, reason, "client broke the WebSocket protocol");
-                    outbox.close_now(code, reason.to_owned());
-                }
-                return;
+    /// The client's close frame (or the end of its socket) has been read.
+    ended: bool,
+}
+
+impl Stream for ClientMessages {
+    type Item = Inbound;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        let this = &mut *self;
+        loop {
+            if this.ended || this.outbox.is_closing() {
+                return Poll::Ready(None);
             }
-        };
-        // A full queue means the session is behind (a slow upstream, a busy core), not that the client floods:
-        // stop reading and let TCP push back. A client sending faster than real time is caught by the session's
-        // rate guard (`SessionConfig::flood_factor`), which answers `error` and closes with 1008.
-        if outbox.is_closing() || tx.send(inbound).await.is_err() {
-            return drain_until_close(&mut stream).await;
+            let Some(message) = ready!(this.stream.poll_next_unpin(cx)) else {
+                this.ended = true;
+                return Poll::Ready(None);
+            };
+            this.missed_pongs.store(0, Ordering::Relaxed);
+            return Poll::Ready(Some(match message {
+                Ok(Message::Binary(data)) => Inbound::Audio {
+                    data,
+                    read_at: Instant::now(),
+                },
+                Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Err(error) => {
+                    if let Some((code, reason)) = close_code_for(error) {
+                        tracing::debug!(code, reason, "client broke the WebSocket protocol");
+                        this.outbox.close_now(code, reason.to_owned());
+                    }
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            }));
         }
     }
 }
 
-/// Reads and discards what the client still sends until its close reply (the caller bounds the wait with
-/// `limits.close_timeout`). Dropping a TCP socket with unread input makes the kernel answer with a reset,
-/// which destroys the close frame just queued: a flooding client would see 1006 instead of 1008.
-async fn drain_until_close(stream: &mut SplitStream<WebSocket>) {
-    while let Some(Ok(message)) = stream.next().await {
-        if matches!(message, Message::Close(_)) {
+impl ClientMessages {
+    /// Reads and discards what the client still sends until its close frame.
+    async fn drain_until_close(&mut self) {
+        if self.ended {
             return;
         }
+        while let Some(Ok(message)) = self.stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
     }
 }
 
-/// The RFC 6455 close code for a read error, if the peer is still there to hear it.
 fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>()? {
