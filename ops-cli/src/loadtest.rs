@@ -10,15 +10,24 @@
 //! echoes.
 //!
 //! Reported: p50/p99/max round-trip latency (client -> gateway -> echo engine -> gateway ->
-//! client; with the engine in its own process this is the gateway's added latency plus two
-//! loopback hops and the engine's time, and it includes any wait for the core the load tool and
-//! the engine share), frames sent/received/lost, and, with
+//! client), frames sent/received/lost, and, with
 //! `--gateway-pid`, the gateway's CPU time (utime + stime from `/proc/PID/stat`, in Linux's
 //! USER_HZ = 100 ticks per second) per relayed session-second and its RSS (`VmRSS`, `VmHWM`).
+//!
+//! The round trip runs from the moment a frame is written (loopback TCP hands it to the gateway's
+//! socket within that write) to the moment the kernel received its echo on this tool's socket
+//! (`SO_TIMESTAMPNS`, see [`StampedTcp`]), not the moment this tool got around to reading it: the
+//! tool shares its core with the echo engine, and its own wait for that core is not the gateway's.
+//! What remains besides the gateway is two loopback hops and the engine's turn-around.
 
+use std::io;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -35,6 +44,8 @@ const FRAME_PERIOD: Duration = Duration::from_millis(20);
 /// sequence (4), send time in µs since the test started (8).
 const MAGIC: [u8; 4] = *b"VXLT";
 const MARKER_BYTES: usize = 20;
+/// The shortest sleep of the pacing thread: frames due sooner are sent at once (see [`pace`]).
+const PACING_QUANTUM: Duration = Duration::from_micros(250);
 /// Linux reports process CPU times in USER_HZ, which is 100 on every mainstream architecture.
 const USER_HZ: f64 = 100.0;
 
@@ -205,7 +216,6 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
         None => synthetic_pcm(),
     });
     let frames = (args.duration * 50.0).round().max(1.0) as u32;
-    let origin = Instant::now();
     let rss_before = args.gateway_pid.map(read_rss).transpose()?;
 
     // Every session connects and waits for `ready`; then all start streaming together.
@@ -216,7 +226,6 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
             index: index as u32,
             url: args.url.clone(),
             frames,
-            origin,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         };
         handles.push(tokio::spawn(session.start(Arc::clone(&ready))));
@@ -233,10 +242,9 @@ async fn execute(args: &Args) -> anyhow::Result<Report> {
     }
 
     let runtime = tokio::runtime::Handle::current();
-    let streams =
-        tokio::task::spawn_blocking(move || pace(&runtime, streams, &audio, frames, origin))
-            .await
-            .context("the pacing thread panicked")?;
+    let streams = tokio::task::spawn_blocking(move || pace(&runtime, streams, &audio, frames))
+        .await
+        .context("the pacing thread panicked")?;
     let drain = Duration::from_secs_f64(args.drain);
     let mut results = Vec::with_capacity(streams.len());
     for stream in streams {
@@ -385,17 +393,19 @@ fn relay_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<RelayQ
     })
 }
 
-/// Sends frame `seq` of stream `i` at `start + seq × 20 ms + i × 20 ms / N`, from this (blocking) thread.
+/// Sends frame `seq` of stream `i` at `start + seq × 20 ms + i × 20 ms / N`, from this (blocking) thread, at most
+/// [`PACING_QUANTUM`] early.
 ///
 /// One OS thread with sub-millisecond sleeps, writing itself: tokio's timer fires in whole milliseconds (it would
 /// release every session whose phase shares a millisecond as one burst), and handing each frame to a session task
-/// would cost a thread wake-up per frame on the core the load tool shares with the echo engine.
+/// would cost a thread wake-up per frame on the core the load tool shares with the echo engine. It sleeps only
+/// when the next frame is at least a quantum away: at 700 sessions frames are 29 µs apart, and a sleep per frame
+/// made the load tool spend most of its time switching in and out of that core, starving the echo engine.
 fn pace(
     runtime: &tokio::runtime::Handle,
     mut streams: Vec<Streaming>,
     audio: &[u8],
     frames: u32,
-    origin: Instant,
 ) -> Vec<Streaming> {
     let start = Instant::now();
     let count = streams.len() as u32;
@@ -407,11 +417,13 @@ fn pace(
                 continue;
             }
             let due = period_start + FRAME_PERIOD * slot / count;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            if let Some(wait) = due.checked_duration_since(Instant::now())
+                && wait >= PACING_QUANTUM
+            {
                 std::thread::sleep(wait);
             }
             fill_frame(&mut frame, audio, seq as usize * FRAME_BYTES);
-            let sent_us = origin.elapsed().as_micros() as u64;
+            let sent_us = wall_clock_us();
             frame[0..4].copy_from_slice(&MAGIC);
             frame[4..8].copy_from_slice(&stream.index.to_le_bytes());
             frame[8..12].copy_from_slice(&seq.to_le_bytes());
@@ -443,7 +455,6 @@ struct Session {
     index: u32,
     url: String,
     frames: u32,
-    origin: Instant,
     connect_timeout: Duration,
 }
 
@@ -493,7 +504,8 @@ impl Session {
         // Arrive at the barrier whatever happened, so the other sessions are not left waiting; a failed
         // session is reported once every session has arrived.
         ready.wait().await;
-        let (mut sink, stream) = connected.with_context(|| format!("session {}", self.index))?;
+        let (mut sink, stream, received_at) =
+            connected.with_context(|| format!("session {}", self.index))?;
         sink.send(Message::text(r#"{"type":"start_conversation"}"#))
             .await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -502,7 +514,7 @@ impl Session {
             stopped,
             self.index,
             self.frames,
-            self.origin,
+            received_at,
         ));
         Ok(Streaming {
             index: self.index,
@@ -516,12 +528,13 @@ impl Session {
 }
 
 /// Times the echoes of one session's frames until all came back, the stream ends, or `stopped` fires.
+/// `received_at` is the kernel's receive time of what the last read of the socket returned.
 async fn receive(
     mut stream: WsStream,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
     index: u32,
     frames: u32,
-    origin: Instant,
+    received_at: Arc<AtomicU64>,
 ) -> SessionResult {
     let mut seen = vec![false; frames as usize];
     let mut result = SessionResult {
@@ -546,7 +559,12 @@ async fn receive(
             }
             continue;
         };
-        let now_us = origin.elapsed().as_micros() as u64;
+        // A frame whose bytes came in two reads gets the second read's time: its latency can only be
+        // overstated. Without a kernel time (none given yet), the time now.
+        let now_us = match received_at.load(Ordering::Relaxed) {
+            0 => wall_clock_us(),
+            ns => ns / 1_000,
+        };
         carry.extend_from_slice(&data);
         let mut at = 0;
         while at + MARKER_BYTES <= carry.len() {
@@ -587,15 +605,32 @@ async fn receive(
 }
 
 impl Session {
-    /// Connects and waits for `ready`.
-    async fn connect(&self) -> anyhow::Result<(WsSink, WsStream)> {
+    /// Connects and waits for `ready`; also returns where the socket's reads leave their kernel receive time.
+    async fn connect(&self) -> anyhow::Result<(WsSink, WsStream, Arc<AtomicU64>)> {
         // Small buffers, like a browser's: the point is to load the gateway, not this tool.
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        let connect =
-            tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true);
-        let (ws, _) = tokio::time::timeout(self.connect_timeout, connect)
+        let connect = async {
+            let url = url::Url::parse(&self.url)?;
+            let host = url.host_str().context("the URL names no host")?;
+            let port = url
+                .port_or_known_default()
+                .context("the URL names no port")?;
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let stamped = StampedTcp::new(tcp)?;
+            let received_at = Arc::clone(&stamped.received_at);
+            let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+                self.url.as_str(),
+                stamped,
+                Some(config),
+                None,
+            )
+            .await?;
+            anyhow::Ok((ws, received_at))
+        };
+        let (ws, received_at) = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .with_context(|| format!("connecting took longer than {:?}", self.connect_timeout))?
             .with_context(|| format!("cannot connect to {}", self.url))?;
@@ -616,14 +651,100 @@ impl Session {
         tokio::time::timeout(self.connect_timeout, wait_ready)
             .await
             .with_context(|| format!("no ready within {:?}", self.connect_timeout))??;
-        Ok((sink, stream))
+        Ok((sink, stream, received_at))
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<StampedTcp>>;
 type WsSink = futures_util::stream::SplitSink<Ws, Message>;
 type WsStream = futures_util::stream::SplitStream<Ws>;
+
+/// Microseconds since the Unix epoch: the clock of the kernel's receive timestamps.
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
+}
+
+/// A TCP stream whose reads leave, in `received_at`, the time the kernel received the data they
+/// returned (`SO_TIMESTAMPNS`, nanoseconds since the Unix epoch; 0 until the first such read).
+struct StampedTcp {
+    inner: tokio::net::TcpStream,
+    received_at: Arc<AtomicU64>,
+    control: Vec<u8>,
+}
+
+impl StampedTcp {
+    fn new(inner: tokio::net::TcpStream) -> io::Result<Self> {
+        use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
+        setsockopt(&inner, ReceiveTimestampns, &true)?;
+        Ok(StampedTcp {
+            inner,
+            received_at: Arc::new(AtomicU64::new(0)),
+            control: nix::cmsg_space!(nix::sys::time::TimeSpec),
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for StampedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let StampedTcp {
+            inner,
+            received_at,
+            control,
+        } = self.get_mut();
+        loop {
+            ready!(inner.poll_read_ready(cx))?;
+            let fd = inner.as_raw_fd();
+            let unfilled = buf.initialize_unfilled();
+            let read = inner.try_io(tokio::io::Interest::READABLE, || {
+                let mut iov = [io::IoSliceMut::new(unfilled)];
+                let message = recvmsg::<()>(fd, &mut iov, Some(control), MsgFlags::empty())?;
+                let mut stamp = None;
+                for cmsg in message.cmsgs()? {
+                    if let ControlMessageOwned::ScmTimestampns(at) = cmsg {
+                        stamp = Some(at.tv_sec() as u64 * 1_000_000_000 + at.tv_nsec() as u64);
+                    }
+                }
+                Ok((message.bytes, stamp))
+            });
+            match read {
+                Ok((bytes, stamp)) => {
+                    if let Some(stamp) = stamp {
+                        received_at.store(stamp, Ordering::Relaxed);
+                    }
+                    buf.advance(bytes);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for StampedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// Loads a WAV file as PCM16 24 kHz mono bytes.
 fn load_pcm(path: &Path) -> anyhow::Result<Vec<u8>> {
