@@ -2065,6 +2065,41 @@ mod cases {
     }
 }
 
+/// SQLite only: the WAL reaches the database file while the store is busy, by the store's background
+/// checkpoint, long before the writer's own automatic checkpoint (16,384 WAL pages) would do it.
+#[tokio::test]
+async fn sqlite_checkpoints_the_wal_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voxgate.db");
+    let store = Store::open_sqlite(&path).await.unwrap();
+    // A session read starts the store's background tasks.
+    assert_eq!(store.get_session("none").await.unwrap(), None);
+    let conv = store
+        .create_conversation(&conversation("alice", "chatbot", "a", ""))
+        .await
+        .unwrap();
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let before = file_size();
+    // About 1 MB of messages: a few hundred WAL pages, far below the writer's threshold.
+    let text = "x".repeat(4_000);
+    for _ in 0..250 {
+        store
+            .append_message(&conv.id, &NewMessage::new(Role::User, text.clone()))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while file_size() < before + 1_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes (from {before}): no checkpoint",
+            file_size()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+}
+
 /// SQLite only: what was committed is there after the store is closed and opened again (migrations re-run
 /// as a no-op).
 #[tokio::test]
