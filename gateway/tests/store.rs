@@ -1448,16 +1448,7 @@ mod cases {
             "a closed session records nothing"
         );
         let err = results.next().unwrap().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Invalid {
-                    field: "messages",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_messages_refused(&err);
         let (a2, a2_messages) = results.next().unwrap().unwrap().unwrap();
         assert!(
             results.next().unwrap().unwrap().is_none(),
@@ -1512,6 +1503,20 @@ mod cases {
     }
 
     /// The error of a write whose conversation does not exist (any more).
+    /// The error of a turn whose messages could not be built (its builder panicked).
+    fn assert_messages_refused(err: &StoreError) {
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    field: "messages",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
     fn assert_missing_conversation(err: &StoreError) {
         assert!(
             matches!(
@@ -1821,16 +1826,7 @@ mod cases {
         let mut outcomes = outcomes.into_iter();
         let (a1, a1_stored) = outcomes.next().unwrap().unwrap().unwrap();
         let err = outcomes.next().unwrap().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Invalid {
-                    field: "messages",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_messages_refused(&err);
         let (a2, a2_stored) = outcomes.next().unwrap().unwrap().unwrap();
         let (b2, _) = outcomes.next().unwrap().unwrap().unwrap();
         let err = outcomes.next().unwrap().unwrap_err();
