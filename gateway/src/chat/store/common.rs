@@ -312,6 +312,30 @@ pub(super) fn apply_metadata_update(current: Value, update: &MetadataUpdate) -> 
 }
 
 /// Whether a database error is a foreign-key violation (the referenced row does not exist).
+/// The stored form of `new`, inserted into `conversation_id` as `(id, seq)` at `created_at`.
+pub(super) fn stored_message(
+    conversation_id: &str,
+    new: NewMessage,
+    (id, seq): (String, i64),
+    created_at: DateTime<Utc>,
+) -> Message {
+    Message {
+        id,
+        conversation_id: conversation_id.to_owned(),
+        seq,
+        role: new.role,
+        content: new.content,
+        metadata: if new.metadata.is_null() {
+            Value::Object(Default::default())
+        } else {
+            new.metadata
+        },
+        prompt_tokens: new.prompt_tokens,
+        completion_tokens: new.completion_tokens,
+        created_at,
+    }
+}
+
 pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.is_foreign_key_violation(),
@@ -356,7 +380,7 @@ macro_rules! store_queries {
                 ))
                 .bind(id.to_owned())
                 .bind(display_name.map(str::to_owned))
-                .bind(Json(metadata.map(object_or_empty).unwrap_or_else(|| serde_json::json!({}))))
+                .bind(Json(MetadataColumn(metadata.unwrap_or(&Value::Null))))
                 .bind(now)
                 .bind(metadata.is_some())
                 .fetch_one(self.writer())
@@ -387,7 +411,7 @@ macro_rules! store_queries {
                 .bind(new.kind.clone())
                 .bind(new.scope.clone())
                 .bind(new.title.clone())
-                .bind(Json(object_or_empty(&new.metadata)))
+                .bind(Json(MetadataColumn(&new.metadata)))
                 .bind(now)
                 .fetch_one(self.writer())
                 .await?;
@@ -644,7 +668,7 @@ macro_rules! store_queries {
                     snapshots.push(Some(snapshot));
                 }
 
-                let mut stored: Vec<Vec<Message>> = (0..turn_count).map(|_| Vec::new()).collect();
+                let mut inserted = Vec::new().into_iter();
                 if !rows.is_empty() {
                     let mut by_conversation: Vec<(&str, &NewMessage)> = Vec::with_capacity(rows.len());
                     for (turn, message) in &rows {
@@ -661,15 +685,25 @@ macro_rules! store_queries {
                         }
                         Self::bump_conversations(tx, &added, now).await?;
                     }
-                    let messages = Self::insert_rows(tx, &by_conversation, now).await?;
-                    for ((turn, _), message) in rows.iter().zip(messages) {
-                        stored[*turn].push(message);
-                    }
+                    inserted = Self::insert_rows(tx, &by_conversation, now).await?.into_iter();
                 }
-                Ok(snapshots
-                    .into_iter()
-                    .zip(stored)
-                    .map(|(snapshot, messages)| Ok(snapshot.map(|session| (session, messages))))
+                // Stored: nothing retries these turns any more, so their messages move into the answers.
+                let created_at = from_micros(now);
+                Ok(jobs
+                    .iter_mut()
+                    .zip(snapshots)
+                    .map(|(job, snapshot)| {
+                        Ok(snapshot.map(|session| {
+                            let conversation = session.conversation_id.as_deref().unwrap_or_default();
+                            let messages = job
+                                .take_messages()
+                                .into_iter()
+                                .zip(&mut inserted)
+                                .map(|(new, row)| stored_message(conversation, new, row, created_at))
+                                .collect();
+                            (session, messages)
+                        }))
+                    })
                     .collect())
             }
 
@@ -737,7 +771,14 @@ macro_rules! store_queries {
                     Self::bump_conversations(tx, &added, now).await?;
                 }
                 let rows: Vec<(&str, &NewMessage)> = new.iter().map(|message| (conversation_id, message)).collect();
-                Self::insert_rows(tx, &rows, now).await
+                let inserted = Self::insert_rows(tx, &rows, now).await?;
+                let created_at = from_micros(now);
+                Ok(new
+                    .iter()
+                    .cloned()
+                    .zip(inserted)
+                    .map(|(message, row)| stored_message(conversation_id, message, row, created_at))
+                    .collect())
             }
 
             /// Adds `added[conversation]` to each conversation's `message_count` and moves its `updated_at` to
@@ -769,53 +810,40 @@ macro_rules! store_queries {
             }
 
             /// Inserts `(conversation, message)` rows in order inside `tx` with multi-row `INSERT`s (per
-            /// [`MAX_ROWS_PER_INSERT`]) and returns the stored messages in the same order. Every column but
+            /// [`MAX_ROWS_PER_INSERT`]) and returns each row's `(id, seq)` in the same order. Every column but
             /// `seq` is decided here, so the database only tells each row's `seq` ([`Self::inserted_seqs`]).
+            /// The values are bound by reference: a turn's messages are copied once, into the statement.
             async fn insert_rows(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 rows: &[(&str, &NewMessage)],
                 now: i64,
-            ) -> StoreResult<Vec<Message>> {
-                let mut stored = Vec::with_capacity(rows.len());
+            ) -> StoreResult<Vec<(String, i64)>> {
+                let mut inserted = Vec::with_capacity(rows.len());
                 for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
                     let ids: Vec<String> = chunk.iter().map(|_| new_message_id()).collect();
-                    let metadata: Vec<Value> = chunk.iter().map(|(_, m)| object_or_empty(&m.metadata)).collect();
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO messages (id, conversation_id, role, content, metadata, prompt_tokens, \
                          completion_tokens, created_at) ",
                     );
-                    qb.push_values(chunk.iter().zip(&ids).zip(&metadata), |mut row, (((conversation_id, message), id), metadata)| {
-                        row.push_bind(id.clone())
-                            .push_bind((*conversation_id).to_owned())
+                    qb.push_values(chunk.iter().zip(&ids), |mut row, ((conversation_id, message), id)| {
+                        row.push_bind(id.as_str())
+                            .push_bind(*conversation_id)
                             .push_bind(message.role.as_str())
-                            .push_bind(message.content.clone())
-                            .push_bind(Json(metadata.clone()))
+                            .push_bind(message.content.as_str())
+                            .push_bind(Json(MetadataColumn(&message.metadata)))
                             .push_bind(i64::from(message.prompt_tokens))
                             .push_bind(i64::from(message.completion_tokens))
                             .push_bind(now);
                     });
                     let seqs = Self::inserted_seqs(qb, tx, &ids).await?;
-                    let created_at = from_micros(now);
-                    stored.extend(chunk.iter().zip(ids).zip(metadata).zip(seqs).map(
-                        |((((conversation_id, message), id), metadata), seq)| Message {
-                            id,
-                            conversation_id: (*conversation_id).to_owned(),
-                            seq,
-                            role: message.role,
-                            content: message.content.clone(),
-                            metadata,
-                            prompt_tokens: message.prompt_tokens,
-                            completion_tokens: message.completion_tokens,
-                            created_at,
-                        },
-                    ));
+                    inserted.extend(ids.into_iter().zip(seqs));
                 }
-                Ok(stored)
+                Ok(inserted)
             }
 
             fn insert_message<'q>(
                 conversation_id: &str,
-                message: &NewMessage,
+                message: &'q NewMessage,
                 now: i64,
             ) -> sqlx::query::QueryAs<'q, $db, MessageRow, <$db as sqlx::Database>::Arguments> {
                 sqlx::query_as::<_, MessageRow>(concat!(
@@ -826,8 +854,8 @@ macro_rules! store_queries {
                 .bind(new_message_id())
                 .bind(conversation_id.to_owned())
                 .bind(message.role.as_str())
-                .bind(message.content.clone())
-                .bind(Json(object_or_empty(&message.metadata)))
+                .bind(message.content.as_str())
+                .bind(Json(MetadataColumn(&message.metadata)))
                 .bind(i64::from(message.prompt_tokens))
                 .bind(i64::from(message.completion_tokens))
                 .bind(now)
@@ -945,7 +973,7 @@ macro_rules! store_queries {
                 .bind(new.conversation_id.clone())
                 .bind(now_us)
                 .bind(expires)
-                .bind(Json(object_or_empty(&new.metadata)))
+                .bind(Json(MetadataColumn(&new.metadata)))
                 .fetch_one(&mut *tx)
                 .await;
                 let row = match row {
@@ -994,7 +1022,7 @@ macro_rules! store_queries {
                     session_columns!()
                 ))
                 .bind(id.to_owned())
-                .bind(Json(object_or_empty(metadata)))
+                .bind(Json(MetadataColumn(metadata)))
                 .fetch_optional(self.writer())
                 .await?;
                 Ok(row.map(Into::into))
@@ -1098,7 +1126,7 @@ macro_rules! store_queries {
                 .bind(new.size_bytes)
                 .bind(chunks.len() as i64)
                 .bind(new.content.clone())
-                .bind(Json(object_or_empty(&new.metadata)))
+                .bind(Json(MetadataColumn(&new.metadata)))
                 .bind(micros(now()))
                 .fetch_one(&mut *tx)
                 .await?;

@@ -777,6 +777,20 @@ pub(crate) fn object_or_empty(value: &Value) -> Value {
     }
 }
 
+/// A message's metadata as its column stores it, serialized straight from the caller's value: `null` is stored
+/// as `{}`, like [`object_or_empty`], without copying the value first.
+pub(crate) struct MetadataColumn<'a>(pub(crate) &'a Value);
+
+impl serde::Serialize for MetadataColumn<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_null() {
+            serde::ser::SerializeMap::end(serializer.serialize_map(Some(0))?)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
 pub(crate) fn ttl_micros(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2)
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::SessionCache;
 use super::common::*;
-use super::{StoreError, StoreResult, clamp_limit, object_or_empty, ttl_micros};
+use super::{MetadataColumn, StoreError, StoreResult, clamp_limit, ttl_micros};
 use crate::chat::domain::*;
 
 /// Connections per gateway instance.

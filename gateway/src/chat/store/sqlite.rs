@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::SessionCache;
 use super::common::*;
-use super::{StoreError, StoreResult, clamp_limit, object_or_empty, ttl_micros};
+use super::{MetadataColumn, StoreError, StoreResult, clamp_limit, ttl_micros};
 use crate::chat::domain::*;
 
 /// How long a writer waits for the write lock before failing with "database is locked".

@@ -117,6 +117,15 @@ impl TurnJob {
             None => Err(StoreError::Corrupt("a turn without messages".to_owned())),
         }
     }
+
+    /// The built messages, taken once the batch that holds them is stored: no retry follows, so they move into
+    /// the stored messages instead of being copied. Empty if they were never built.
+    pub(super) fn take_messages(&mut self) -> Vec<NewMessage> {
+        match &mut self.built {
+            Some((_, Some(messages))) => std::mem::take(messages),
+            _ => Vec::new(),
+        }
+    }
 }
 
 struct Queued {
