@@ -118,6 +118,10 @@ impl SqliteStore {
             );
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // No ping before each use: it is a round trip to the connection's thread on every write (two of the
+            // seven a chatbot session opening makes), for a file handle in this process, where a query on a
+            // broken connection fails all the same.
+            .test_before_acquire(false)
             // One connection for the store's lifetime: `PRAGMA data_version` only compares within a connection.
             .idle_timeout(None)
             .max_lifetime(None)
@@ -128,6 +132,7 @@ impl SqliteStore {
         migrator().run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_READERS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(SqliteStore { pool, writer })
