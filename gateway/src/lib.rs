@@ -18,6 +18,7 @@ pub mod chat;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod speech;
 pub mod state;

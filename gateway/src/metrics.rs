@@ -71,7 +71,8 @@ pub struct Metrics {
     pub audio_frames_total: IntCounterVec,
     /// `voxgate_audio_bytes_total{direction}`: PCM bytes relayed.
     pub audio_bytes_total: IntCounterVec,
-    /// `voxgate_relay_latency_seconds`: time a frame spends inside the gateway (socket in to socket out).
+    /// `voxgate_relay_latency_seconds`: time a frame spends in the gateway, from the kernel's receipt of its bytes
+    /// (so the wait in the socket for the gateway to read it counts: a saturated gateway shows here) to its write.
     pub relay_latency_seconds: Histogram,
     /// `voxgate_time_to_first_audio_seconds`: end of user speech to the first model audio sent to the client.
     pub time_to_first_audio_seconds: Histogram,
@@ -205,7 +206,7 @@ impl Metrics {
             )?,
             relay_latency_seconds: histogram(
                 "voxgate_relay_latency_seconds",
-                "Time an audio frame spends inside the gateway.",
+                "Time an audio frame spends in the gateway, from its arrival on the socket to its write.",
                 RELAY_BUCKETS,
             )?,
             time_to_first_audio_seconds: histogram(

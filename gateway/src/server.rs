@@ -39,6 +39,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, labels};
+use crate::net::{GATEWAY_STAMP_EVERY, StampedTcp};
 use crate::state::{AppState, HealthRegistry};
 
 /// How long one health check may take before `/health` reports it as down.
@@ -303,7 +304,7 @@ async fn accept_loop(
             tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
         }
         let stream = CountedStream {
-            inner: stream,
+            inner: StampedTcp::sampled(stream, GATEWAY_STAMP_EVERY),
             _guard: guard,
         };
         let span = tracing::info_span!("conn", %peer);
@@ -355,9 +356,12 @@ async fn serve_connection(
     shutdown: CancellationToken,
     force_close: CancellationToken,
 ) {
-    // Handlers can extract `ConnectInfo<SocketAddr>` (per-IP rate limits) as with `axum::serve`.
+    // Handlers can extract `ConnectInfo<SocketAddr>` (per-IP rate limits) as with `axum::serve`, and the
+    // connection's `ArrivalClock` (when the kernel received what was last read: the voice relay's latency).
+    let arrivals = stream.inner.clock();
     let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(arrivals.clone());
         request
     });
     let connection = builder
@@ -464,7 +468,7 @@ impl Drop for ConnectionGuard {
 /// A TCP stream that holds its connection slot. Hyper hands the stream over to the WebSocket on upgrade, so
 /// the slot stays taken until the socket itself is dropped, however long the session lasts.
 struct CountedStream {
-    inner: TcpStream,
+    inner: StampedTcp,
     _guard: ConnectionGuard,
 }
 

@@ -16,17 +16,12 @@
 //!
 //! The round trip runs from the moment a frame is written (loopback TCP hands it to the gateway's
 //! socket within that write) to the moment the kernel received its echo on this tool's socket
-//! (`SO_TIMESTAMPNS`, see [`StampedTcp`]), not the moment this tool got around to reading it: the
+//! (`SO_TIMESTAMPNS`, see [`voxgate::net::StampedTcp`]), not the moment this tool got around to reading it: the
 //! tool shares its core with the echo engine, and its own wait for that core is not the gateway's.
 //! What remains besides the gateway is two loopback hops and the engine's turn-around.
 
-use std::io;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -35,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use voxgate::net::{ArrivalClock, StampedTcp};
 
 /// 20 ms of 24 kHz mono.
 const FRAME_SAMPLES: usize = 480;
@@ -534,7 +530,7 @@ async fn receive(
     mut stopped: tokio::sync::oneshot::Receiver<()>,
     index: u32,
     frames: u32,
-    received_at: Arc<AtomicU64>,
+    received_at: ArrivalClock,
 ) -> SessionResult {
     let mut seen = vec![false; frames as usize];
     let mut result = SessionResult {
@@ -561,10 +557,9 @@ async fn receive(
         };
         // A frame whose bytes came in two reads gets the second read's time: its latency can only be
         // overstated. Without a kernel time (none given yet), the time now.
-        let now_us = match received_at.load(Ordering::Relaxed) {
-            0 => wall_clock_us(),
-            ns => ns / 1_000,
-        };
+        let now_us = received_at
+            .unix_nanos()
+            .map_or_else(wall_clock_us, |nanos| nanos / 1_000);
         carry.extend_from_slice(&data);
         let mut at = 0;
         while at + MARKER_BYTES <= carry.len() {
@@ -606,7 +601,7 @@ async fn receive(
 
 impl Session {
     /// Connects and waits for `ready`; also returns where the socket's reads leave their kernel receive time.
-    async fn connect(&self) -> anyhow::Result<(WsSink, WsStream, Arc<AtomicU64>)> {
+    async fn connect(&self) -> anyhow::Result<(WsSink, WsStream, ArrivalClock)> {
         // Small buffers, like a browser's: the point is to load the gateway, not this tool.
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
@@ -619,8 +614,8 @@ impl Session {
                 .context("the URL names no port")?;
             let tcp = tokio::net::TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let stamped = StampedTcp::new(tcp)?;
-            let received_at = Arc::clone(&stamped.received_at);
+            let stamped = StampedTcp::new(tcp);
+            let received_at = stamped.clock();
             let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
                 self.url.as_str(),
                 stamped,
@@ -664,86 +659,6 @@ fn wall_clock_us() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_micros() as u64)
-}
-
-/// A TCP stream whose reads leave, in `received_at`, the time the kernel received the data they
-/// returned (`SO_TIMESTAMPNS`, nanoseconds since the Unix epoch; 0 until the first such read).
-struct StampedTcp {
-    inner: tokio::net::TcpStream,
-    received_at: Arc<AtomicU64>,
-    control: Vec<u8>,
-}
-
-impl StampedTcp {
-    fn new(inner: tokio::net::TcpStream) -> io::Result<Self> {
-        use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
-        setsockopt(&inner, ReceiveTimestampns, &true)?;
-        Ok(StampedTcp {
-            inner,
-            received_at: Arc::new(AtomicU64::new(0)),
-            control: nix::cmsg_space!(nix::sys::time::TimeSpec),
-        })
-    }
-}
-
-impl tokio::io::AsyncRead for StampedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-        let StampedTcp {
-            inner,
-            received_at,
-            control,
-        } = self.get_mut();
-        loop {
-            ready!(inner.poll_read_ready(cx))?;
-            let fd = inner.as_raw_fd();
-            let unfilled = buf.initialize_unfilled();
-            let read = inner.try_io(tokio::io::Interest::READABLE, || {
-                let mut iov = [io::IoSliceMut::new(unfilled)];
-                let message = recvmsg::<()>(fd, &mut iov, Some(control), MsgFlags::empty())?;
-                let mut stamp = None;
-                for cmsg in message.cmsgs()? {
-                    if let ControlMessageOwned::ScmTimestampns(at) = cmsg {
-                        stamp = Some(at.tv_sec() as u64 * 1_000_000_000 + at.tv_nsec() as u64);
-                    }
-                }
-                Ok((message.bytes, stamp))
-            });
-            match read {
-                Ok((bytes, stamp)) => {
-                    if let Some(stamp) = stamp {
-                        received_at.store(stamp, Ordering::Relaxed);
-                    }
-                    buf.advance(bytes);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for StampedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 /// Loads a WAV file as PCM16 24 kHz mono bytes.

@@ -33,12 +33,13 @@ use crate::voice::upstream::openai::{
 pub enum Inbound {
     /// A text frame.
     Text(String),
-    /// A binary frame and when it was read off the socket (for the relay latency metric).
+    /// A binary frame and when it reached the socket (for the relay latency metric).
     Audio {
         /// The frame.
         data: Bytes,
-        /// When the transport read it.
-        read_at: Instant,
+        /// When the kernel received it ([`crate::net::ArrivalClock`]); `None` for an undated read, which the
+        /// relay latency histogram leaves out (it samples).
+        arrived_at: Option<Instant>,
     },
 }
 
@@ -83,10 +84,10 @@ struct Actor {
     outbox: Arc<Outbox>,
     upstream: Option<UpstreamConnection>,
     connecting: Option<Connecting>,
-    /// When the last client frame was read, for the inbound relay latency.
-    last_read_at: Option<Instant>,
-    /// When the upstream message being handled was read, for the outbound relay latency.
-    pending_read_at: Option<Instant>,
+    /// When the last client frame arrived, for the inbound relay latency.
+    last_arrived_at: Option<Instant>,
+    /// When the upstream message being handled arrived, for the outbound relay latency.
+    pending_arrived_at: Option<Instant>,
     /// When the upstream last showed signs of life, and whether a ping is outstanding.
     upstream_seen: Instant,
     upstream_pinged: bool,
@@ -103,8 +104,8 @@ impl Actor {
             outbox,
             upstream: None,
             connecting: None,
-            last_read_at: None,
-            pending_read_at: None,
+            last_arrived_at: None,
+            pending_arrived_at: None,
             upstream_seen: now,
             upstream_pinged: false,
             shutdown_seen: false,
@@ -152,10 +153,10 @@ impl Actor {
                 }
                 message = inbound.next() => match message {
                     Some(Inbound::Text(text)) => self.core.handle(Event::ClientText(&text), Instant::now()),
-                    Some(Inbound::Audio { data, read_at }) => {
+                    Some(Inbound::Audio { data, arrived_at }) => {
                         self.ctx.metrics.frames_in.inc();
                         self.ctx.metrics.bytes_in.inc_by(data.len() as u64);
-                        self.last_read_at = Some(read_at);
+                        self.last_arrived_at = arrived_at;
                         self.core.handle(Event::ClientAudio(data), Instant::now());
                     }
                     None => {
@@ -198,8 +199,11 @@ impl Actor {
                 if let Decoded::Malformed(reason) = &decoded {
                     tracing::warn!(%reason, "malformed upstream event skipped");
                 }
-                // Audio this event produces is stamped with the read time (relay latency).
-                self.pending_read_at = Some(now);
+                // Audio this event produces is stamped with its arrival (relay latency).
+                self.pending_arrived_at = self
+                    .upstream
+                    .as_ref()
+                    .map_or(Some(now), UpstreamConnection::arrived_at);
                 self.core.handle(Event::Model(decoded.event()), now);
             }
             Incoming::Other => {}
@@ -302,7 +306,7 @@ impl Actor {
                     let pushed = self.outbox.push_audio(BotAudio {
                         data,
                         samples,
-                        read_at: self.pending_read_at.unwrap_or_else(Instant::now),
+                        arrived_at: self.pending_arrived_at,
                         turn_ended_at,
                     });
                     if pushed.dropped_frames > 0 {
@@ -324,7 +328,7 @@ impl Actor {
                 Action::CloseClient { code, reason } => self.outbox.close(code, reason),
             }
         }
-        self.pending_read_at = None;
+        self.pending_arrived_at = None;
     }
 
     async fn send_upstream(&mut self, command: UpstreamCommand) {
@@ -340,11 +344,11 @@ impl Actor {
                 .handle(Event::UpstreamClosed { reason: &reason }, Instant::now());
             return;
         }
-        if is_append && let Some(read_at) = self.last_read_at.take() {
+        if is_append && let Some(arrived_at) = self.last_arrived_at.take() {
             self.ctx
                 .metrics
                 .relay_latency_in
-                .observe(read_at.elapsed().as_secs_f64());
+                .observe(arrived_at.elapsed().as_secs_f64());
         }
     }
 }

@@ -35,8 +35,9 @@ pub struct BotAudio {
     pub data: Bytes,
     /// Samples in the frame (what a drop reports).
     pub samples: u64,
-    /// When the upstream message carrying it was read (relay latency).
-    pub read_at: Instant,
+    /// When the kernel received the upstream message carrying it (relay latency); `None` if that read was
+    /// not dated.
+    pub arrived_at: Option<Instant>,
     /// When the user's turn ended, on the turn's first frame only (time to first audio).
     pub turn_ended_at: Option<Instant>,
 }
@@ -210,11 +211,11 @@ mod tests {
         Outgoing::Text(s.to_owned())
     }
 
-    fn audio(data: &'static [u8], samples: u64, read_at: Instant) -> BotAudio {
+    fn audio(data: &'static [u8], samples: u64, arrived_at: Instant) -> BotAudio {
         BotAudio {
             data: Bytes::from_static(data),
             samples,
-            read_at,
+            arrived_at: Some(arrived_at),
             turn_ended_at: None,
         }
     }

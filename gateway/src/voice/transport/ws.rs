@@ -1,12 +1,12 @@
 //! `WS /ws/realtime`: the client WebSocket of the OKTI protocol.
 //!
-//! Each connection is split into a reader and a writer that run beside the session actor on one
-//! task. The reader forwards every frame at once into the session's bounded input channel (a full
-//! channel stops the reading: TCP pushes back on the client; floods are the session's rate guard's to
-//! catch); the writer drains the session's [`Outbox`],
-//! feeding everything queued before one flush (fewer syscalls under load, no added delay), and
-//! pings the client. RFC 6455 violations close with their codes: 1009 for a message over the
-//! limit, 1007 for invalid UTF-8, 1002 for protocol errors.
+//! The session reads the client's messages itself ([`ClientMessages`], polled in the session's task: a session
+//! busy upstream stops reading, so TCP pushes back on the client; floods are the session's rate guard's to
+//! catch), and a writer beside it on the same task drains the session's [`Outbox`], feeding everything queued
+//! before one flush (fewer syscalls under load, no added delay), and pings the client. A client frame's relay
+//! latency starts when the kernel received it ([`ArrivalClock`]), so time spent waiting for the gateway to read
+//! it counts. RFC 6455 violations close with their codes: 1009 for a message over the limit, 1007 for invalid
+//! UTF-8, 1002 for protocol errors.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -24,6 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite;
 
 use crate::http::ws::limit_upgrade;
+use crate::net::ArrivalClock;
 use crate::state::AppState;
 use crate::voice::protocol::okti::ServerMessage;
 use crate::voice::session::core::{CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER};
@@ -37,7 +39,14 @@ const CONTROL_QUEUE: usize = 256;
 const MAX_MISSED_PONGS: u32 = 2;
 
 /// The `GET /ws/realtime` handler.
-pub async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    arrivals: Option<Extension<ArrivalClock>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Served by `server::serve` every connection has one; elsewhere (a router under test) frames are dated
+    // when read.
+    let arrivals = arrivals.map(|Extension(clock)| clock);
     let permit = state.voice.try_admit();
     let upgrade = limit_upgrade(upgrade, &state.config.limits);
     let tasks = state.tasks.clone();
@@ -49,7 +58,7 @@ pub async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -
                     _ if state.shutdown.is_cancelled() => {
                         refuse(socket, &state, CLOSE_GOING_AWAY, "server shutting down").await;
                     }
-                    Some(permit) => serve(socket, state, permit).await,
+                    Some(permit) => serve(socket, state, permit, arrivals).await,
                     None => {
                         state.voice.note_rejected("max_sessions");
                         refuse(
@@ -87,7 +96,12 @@ async fn refuse(mut socket: WebSocket, state: &AppState, code: u16, reason: &str
     .await;
 }
 
-async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit) {
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    permit: OwnedSemaphorePermit,
+    arrivals: Option<ArrivalClock>,
+) {
     let _permit = permit;
     let voice = &state.voice;
     let limits = &state.config.limits;
@@ -101,6 +115,7 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
     let missed_pongs = Arc::new(AtomicU32::new(0));
     let mut inbound = ClientMessages {
         stream,
+        arrivals,
         outbox: Arc::clone(&outbox),
         missed_pongs: Arc::clone(&missed_pongs),
         ended: false,
@@ -142,6 +157,8 @@ async fn serve(socket: WebSocket, state: AppState, permit: OwnedSemaphorePermit)
 /// input after deciding to close.
 struct ClientMessages {
     stream: SplitStream<WebSocket>,
+    /// When the kernel received what the socket's last read returned; `None`: date frames when read.
+    arrivals: Option<ArrivalClock>,
     outbox: Arc<Outbox>,
     missed_pongs: Arc<AtomicU32>,
     /// The client's close frame (or the end of its socket) has been read.
@@ -165,7 +182,10 @@ impl Stream for ClientMessages {
             return Poll::Ready(Some(match message {
                 Ok(Message::Binary(data)) => Inbound::Audio {
                     data,
-                    read_at: Instant::now(),
+                    arrived_at: this
+                        .arrivals
+                        .as_ref()
+                        .map_or_else(|| Some(Instant::now()), ArrivalClock::arrived_at),
                 },
                 Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
@@ -222,14 +242,14 @@ async fn write_loop(
     let mut ping = tokio::time::interval(ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
-    let mut fed_audio: Vec<(Instant, Option<Instant>)> = Vec::new();
+    let mut fed_audio: Vec<(Option<Instant>, Option<Instant>)> = Vec::new();
     loop {
         let mut closing = false;
         while let Some(item) = outbox.pop() {
             let message = match item {
                 Outgoing::Text(text) => Message::text(text),
                 Outgoing::Audio(audio) => {
-                    fed_audio.push((audio.read_at, audio.turn_ended_at));
+                    fed_audio.push((audio.arrived_at, audio.turn_ended_at));
                     Message::Binary(audio.data)
                 }
                 Outgoing::Close { code, reason } => {
@@ -251,10 +271,12 @@ async fn write_loop(
             return;
         }
         // Both latencies end when the frame is written, not when it was queued.
-        for (read_at, turn_ended_at) in fed_audio.drain(..) {
-            metrics
-                .relay_latency_out
-                .observe(read_at.elapsed().as_secs_f64());
+        for (arrived_at, turn_ended_at) in fed_audio.drain(..) {
+            if let Some(arrived_at) = arrived_at {
+                metrics
+                    .relay_latency_out
+                    .observe(arrived_at.elapsed().as_secs_f64());
+            }
             if let Some(turn_ended_at) = turn_ended_at {
                 metrics
                     .time_to_first_audio

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::BoxedIo;
 use crate::config::{Config, Secret, TurnDetection as ConfigTurnDetection};
+use crate::net::{ArrivalClock, GATEWAY_STAMP_EVERY, StampedTcp};
 use crate::voice::protocol::openai::{
     self, AudioConfig, AudioDeltaIds, AudioInput, AudioOutput, ClientEvent, InputTranscription,
     Item, Modality, ServerEvent, Session, TurnDetection,
@@ -197,11 +198,12 @@ impl UpstreamClient {
     }
 
     async fn connect_inner(&self, tasks: &TaskTracker) -> Result<UpstreamConnection, ConnectError> {
-        let (url, api_key, io): (&str, Option<&Secret>, BoxedIo) = match &self.target {
+        let (url, api_key, io, arrivals): (&str, Option<&Secret>, BoxedIo, _) = match &self.target {
             Target::InProcess(dial) => {
                 return Ok(UpstreamConnection {
                     ws: dial(tasks),
                     session_update: self.session_update.clone(),
+                    arrivals: None,
                 });
             }
             Target::Remote { url, api_key } => {
@@ -228,7 +230,14 @@ impl UpstreamClient {
                     .map_err(|e| ConnectError::Transport(e.to_string()))?;
                 // Audio frames are small and latency-bound: never wait for Nagle.
                 let _ = tcp.set_nodelay(true);
-                (url.as_str(), api_key.as_ref(), Box::new(tcp))
+                let tcp = StampedTcp::sampled(tcp, GATEWAY_STAMP_EVERY);
+                let arrivals = tcp.clock();
+                (
+                    url.as_str(),
+                    api_key.as_ref(),
+                    Box::new(tcp),
+                    Some(arrivals),
+                )
             }
         };
         let mut request = url
@@ -252,6 +261,7 @@ impl UpstreamClient {
         Ok(UpstreamConnection {
             ws: Box::new(ws),
             session_update: self.session_update.clone(),
+            arrivals,
         })
     }
 }
@@ -279,6 +289,8 @@ fn classify_handshake_error(error: tungstenite::Error) -> ConnectError {
 pub struct UpstreamConnection {
     ws: Box<dyn UpstreamWs>,
     session_update: String,
+    /// When the kernel received what the socket's last read returned; `None` in process (no socket).
+    arrivals: Option<ArrivalClock>,
 }
 
 impl std::fmt::Debug for UpstreamConnection {
@@ -299,6 +311,14 @@ pub enum Incoming {
 }
 
 impl UpstreamConnection {
+    /// When the kernel received the message [`Self::recv`] returned last (`None`: that read was not dated);
+    /// now for an in-process upstream, which has no socket to wait in.
+    pub fn arrived_at(&self) -> Option<std::time::Instant> {
+        self.arrivals
+            .as_ref()
+            .map_or_else(|| Some(std::time::Instant::now()), ArrivalClock::arrived_at)
+    }
+
     /// Sends one command.
     ///
     /// # Errors
