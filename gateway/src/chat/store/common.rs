@@ -311,7 +311,6 @@ pub(super) fn apply_metadata_update(current: Value, update: &MetadataUpdate) -> 
     }
 }
 
-/// Whether a database error is a foreign-key violation (the referenced row does not exist).
 /// The stored form of `new`, inserted into `conversation_id` as `(id, seq)` at `created_at`.
 pub(super) fn stored_message(
     conversation_id: &str,
@@ -336,6 +335,7 @@ pub(super) fn stored_message(
     }
 }
 
+/// Whether a database error is a foreign-key violation (the referenced row does not exist).
 pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.is_foreign_key_violation(),

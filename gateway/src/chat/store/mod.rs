@@ -777,8 +777,8 @@ pub(crate) fn object_or_empty(value: &Value) -> Value {
     }
 }
 
-/// A message's metadata as its column stores it, serialized straight from the caller's value: `null` is stored
-/// as `{}`, like [`object_or_empty`], without copying the value first.
+/// A JSON metadata column's value, serialized straight from the caller's: `null` is stored as `{}`, as
+/// [`object_or_empty`] makes it, without copying the value first.
 pub(crate) struct MetadataColumn<'a>(pub(crate) &'a Value);
 
 impl serde::Serialize for MetadataColumn<'_> {
