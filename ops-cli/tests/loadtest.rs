@@ -155,14 +155,17 @@ fn echo_loadtest_through_a_real_gateway_loses_nothing() {
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
     // Loopback round trips through two processes; generous for a busy shared machine.
     assert!(p99 < 250.0, "{latency}");
-    // The gateway's own histogram saw both directions of every frame (and maybe a few frames of the engine's
-    // start-up), and its median relay is far below the round trip.
+    // The gateway's own histogram samples both directions: one read in GATEWAY_STAMP_EVERY per socket is
+    // dated, and nearly every read here is one frame (half the expected count leaves room for coalesced
+    // reads and the handshakes' stamped first reads).
     let relay = &report["gateway_relay_ms"];
-    assert!(
-        relay["count"].as_u64().expect("count") >= 2 * 5 * 150,
-        "{relay}"
-    );
-    assert!(relay["p50"].as_f64().expect("p50") <= p50, "{relay}");
+    let sampled = u64::from(2 * 5 * 150 / voxgate::net::GATEWAY_STAMP_EVERY);
+    let count = relay["count"].as_u64().expect("count");
+    assert!(sampled / 2 <= count && count <= 2 * 5 * 150, "{relay}");
+    // Each direction's time (from the kernel's receipt to the gateway's write) lies inside the frame's round
+    // trip, so its median is at most the round trip's; the report gives the upper bound of the histogram
+    // bucket, at most 2.5 times the value in it.
+    assert!(relay["p50"].as_f64().expect("p50") <= 2.5 * p50, "{relay}");
     let usage = &report["gateway"];
     assert!(usage["cpu_s"].as_f64().expect("cpu") > 0.0, "{usage}");
     assert!(
