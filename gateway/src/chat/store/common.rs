@@ -293,7 +293,7 @@ impl From<AttachmentRow> for Attachment {
 /// Applies a metadata update to the stored object.
 pub(super) fn apply_metadata_update(current: Value, update: &MetadataUpdate) -> Value {
     match update {
-        MetadataUpdate::Replace(value) => super::object_or_empty(value),
+        MetadataUpdate::Replace(value) => super::object_or_empty(value.clone()),
         MetadataUpdate::Merge(patch) => {
             let mut map = match current {
                 Value::Object(map) => map,
@@ -324,11 +324,7 @@ pub(super) fn stored_message(
         seq,
         role: new.role,
         content: new.content,
-        metadata: if new.metadata.is_null() {
-            Value::Object(Default::default())
-        } else {
-            new.metadata
-        },
+        metadata: super::object_or_empty(new.metadata),
         prompt_tokens: new.prompt_tokens,
         completion_tokens: new.completion_tokens,
         created_at,

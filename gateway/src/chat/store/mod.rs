@@ -769,11 +769,11 @@ pub(crate) fn clamp_limit(limit: u32) -> i64 {
 }
 
 /// Empty JSON object when the caller gave `null`, so stored metadata is always an object.
-pub(crate) fn object_or_empty(value: &Value) -> Value {
+pub(crate) fn object_or_empty(value: Value) -> Value {
     if value.is_null() {
         Value::Object(Default::default())
     } else {
-        value.clone()
+        value
     }
 }
 
