@@ -53,6 +53,12 @@ impl ArrivalClock {
     }
 }
 
+/// When what was just read from a stream arrived: its clock's stamp (`None` for an undated read), or now for a
+/// stream without a clock (no socket to wait in, or one not served through [`StampedTcp`]).
+pub fn arrival(clock: Option<&ArrivalClock>) -> Option<Instant> {
+    clock.map_or_else(|| Some(Instant::now()), ArrivalClock::arrived_at)
+}
+
 /// A TCP stream whose reads record their kernel receive time in an [`ArrivalClock`] (every read, or one in
 /// `n`). A read that returns several frames gives them all the time of its last segment, so the earlier ones'
 /// wait can only be understated.

@@ -25,7 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite;
 
 use crate::http::ws::limit_upgrade;
-use crate::net::ArrivalClock;
+use crate::net::{self, ArrivalClock};
 use crate::state::AppState;
 use crate::voice::protocol::okti::ServerMessage;
 use crate::voice::session::core::{CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER};
@@ -182,10 +182,7 @@ impl Stream for ClientMessages {
             return Poll::Ready(Some(match message {
                 Ok(Message::Binary(data)) => Inbound::Audio {
                     data,
-                    arrived_at: this
-                        .arrivals
-                        .as_ref()
-                        .map_or_else(|| Some(Instant::now()), ArrivalClock::arrived_at),
+                    arrived_at: net::arrival(this.arrivals.as_ref()),
                 },
                 Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,

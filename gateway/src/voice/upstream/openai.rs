@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::BoxedIo;
 use crate::config::{Config, Secret, TurnDetection as ConfigTurnDetection};
-use crate::net::{ArrivalClock, GATEWAY_STAMP_EVERY, StampedTcp};
+use crate::net::{self, ArrivalClock, GATEWAY_STAMP_EVERY, StampedTcp};
 use crate::voice::protocol::openai::{
     self, AudioConfig, AudioDeltaIds, AudioInput, AudioOutput, ClientEvent, InputTranscription,
     Item, Modality, ServerEvent, Session, TurnDetection,
@@ -314,9 +314,7 @@ impl UpstreamConnection {
     /// When the kernel received the message [`Self::recv`] returned last (`None`: that read was not dated);
     /// now for an in-process upstream, which has no socket to wait in.
     pub fn arrived_at(&self) -> Option<std::time::Instant> {
-        self.arrivals
-            .as_ref()
-            .map_or_else(|| Some(std::time::Instant::now()), ArrivalClock::arrived_at)
+        net::arrival(self.arrivals.as_ref())
     }
 
     /// Sends one command.
