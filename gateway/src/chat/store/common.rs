@@ -7,7 +7,9 @@
 //! - `CONVERSATION_FOR_UPDATE`: reads a conversation row inside that transaction (PostgreSQL adds `FOR UPDATE`);
 //! - `push_metadata_eq(builder, key, value)`: a condition "metadata's top-level `key` as text equals `value`";
 //! - `writer()`: the pool write statements run on (SQLite keeps a one-connection writer pool, see there);
-//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`.
+//! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`;
+//! - `inserted_seqs` and `touched_sessions`: how a multi-row write's results come back (each backend reads them
+//!   the way that costs it least).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -155,7 +157,9 @@ pub(super) fn messages(rows: Vec<MessageRow>) -> Result<Vec<Message>, StoreError
     rows.into_iter().map(Message::try_from).collect()
 }
 
-#[derive(sqlx::FromRow)]
+/// Also deserializable from a JSON array of the columns in `session_columns!()` order (SQLite's
+/// `touched_sessions`), with `active` as a JSON boolean.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct SessionRow {
     id: String,
     kind: String,
@@ -590,10 +594,10 @@ macro_rules! store_queries {
             }
 
             /// Records `jobs` set-based inside `tx`: ONE `UPDATE … FROM` touches every session of the batch (a
-            /// session with k turns gets +k, under the same condition as [`touch_session_sql!`]), the builders
-            /// run in submission order, each on a snapshot carrying its turn's own count (final − k + 1 … final,
-            /// what the per-turn way gives them), and ONE multi-row `INSERT … RETURNING` (per
-            /// [`MAX_ROWS_PER_INSERT`]) stores every turn's messages, after ONE `UPDATE … FROM` bumping the
+            /// session with k turns gets +k, under the same condition as [`touch_session_sql!`]; the backend's
+            /// `touched_sessions` reads the rows back), the builders run in submission order, each on a snapshot
+            /// carrying its turn's own count (final − k + 1 … final, what the per-turn way gives them), and ONE
+            /// multi-row `INSERT` (per [`MAX_ROWS_PER_INSERT`]) stores every turn's messages, after ONE `UPDATE … FROM` bumping the
             /// conversations' counts where no trigger does. Any error means "roll back and go turn by turn";
             /// success gives exactly the outcomes the per-turn way would.
             async fn record_turns_at_once(
@@ -628,10 +632,10 @@ macro_rules! store_queries {
                     .push(concat!(
                         " END, interaction_count = interaction_count + turns.turn_count, ",
                         "expires_at = COALESCE(turns.turn_expires, expires_at) FROM turns ",
-                        "WHERE sessions.id = turns.turn_session AND sessions.active = TRUE RETURNING ",
-                        session_columns!()
+                        "WHERE sessions.id = turns.turn_session AND sessions.active = TRUE"
                     ));
-                let rows: Vec<SessionRow> = qb.build_query_as().fetch_all(&mut **tx).await?;
+                let ids: Vec<&str> = turns_of.keys().copied().collect();
+                let rows = Self::touched_sessions(qb, tx, &ids).await?;
                 // Each touched session, with the count its next turn sees.
                 let mut touched = HashMap::with_capacity(rows.len());
                 for row in rows {

@@ -179,6 +179,17 @@ impl PgStore {
             .collect()
     }
 
+    /// Runs `update`, the set-based touch of the sessions `ids` names (an `UPDATE … FROM turns` without its
+    /// `RETURNING`), and returns the rows it touched.
+    async fn touched_sessions(
+        mut update: sqlx::QueryBuilder<Postgres>,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        _ids: &[&str],
+    ) -> StoreResult<Vec<SessionRow>> {
+        update.push(concat!(" RETURNING ", session_columns!()));
+        Ok(update.build_query_as().fetch_all(&mut **tx).await?)
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

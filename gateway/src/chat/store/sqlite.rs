@@ -219,6 +219,28 @@ impl SqliteStore {
         Ok((last - count + 1..=last).collect())
     }
 
+    /// Runs `update`, the set-based touch of the sessions `ids` names (an `UPDATE … FROM turns` without its
+    /// `RETURNING`), and returns the rows it touched, read back as ONE row: each row of a result is its own
+    /// hand-off from sqlx's connection thread, which wakes this task once per row (with `RETURNING`, once per
+    /// session of the batch). The writer holds the write lock, so the active sessions among `ids` are exactly
+    /// the ones it touched.
+    async fn touched_sessions(
+        mut update: sqlx::QueryBuilder<Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        ids: &[&str],
+    ) -> StoreResult<Vec<SessionRow>> {
+        const TOUCHED: &str = "SELECT json_group_array(json_array(id, kind, scope, user_id, conversation_id, \
+             created_at, last_activity, expires_at, closed_at, json(iif(active, 'true', 'false')), \
+             interaction_count, json(metadata))) \
+             FROM sessions WHERE id IN (SELECT value FROM json_each($1)) AND active = TRUE";
+        update.build().execute(&mut **tx).await?;
+        let touched: Json<Vec<SessionRow>> = sqlx::query_scalar(TOUCHED)
+            .bind(Json(ids))
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(touched.0)
+    }
+
     /// Checkpoints the WAL from a read connection every [`CHECKPOINT_EVERY`] until `stop` (module
     /// documentation). A failure is logged once per run of failures; the writer's automatic checkpoint is the
     /// backstop meanwhile.
