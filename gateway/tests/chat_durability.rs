@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,7 +109,12 @@ fn ack_count(acks: &Acks) -> usize {
 }
 
 /// Streams messages over the chatbot socket, recording each `message_received` id, until the socket dies.
-async fn chatbot_client(gateway_addr: SocketAddr, user: String, acks: Acks) -> String {
+async fn chatbot_client(
+    gateway_addr: SocketAddr,
+    user: String,
+    acks: Acks,
+    started: Arc<AtomicUsize>,
+) -> String {
     let token = voxgate::api::auth::sign_hs256(JWT_SECRET.as_bytes(), &user, 3600).unwrap();
     let session: Value = reqwest::Client::new()
         .post(format!("http://{gateway_addr}/chatbot/assistant/session"))
@@ -122,6 +128,7 @@ async fn chatbot_client(gateway_addr: SocketAddr, user: String, acks: Acks) -> S
     let session_id = session["session_id"].as_str().unwrap().to_owned();
     let url = format!("ws://{gateway_addr}/ws/chat/{session_id}?token={token}");
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    started.fetch_add(1, Ordering::SeqCst);
     let (mut sink, mut stream) = ws.split();
     // Pipelined: the writer does not wait for answers, so messages are in flight when the kill comes.
     let writer = tokio::spawn(async move {
@@ -153,7 +160,12 @@ async fn chatbot_client(gateway_addr: SocketAddr, user: String, acks: Acks) -> S
 }
 
 /// Posts IntentLayer chat requests back to back, recording the message ids of successful answers.
-async fn intentlayer_client(gateway_addr: SocketAddr, user: String, acks: Acks) {
+async fn intentlayer_client(
+    gateway_addr: SocketAddr,
+    user: String,
+    acks: Acks,
+    started: Arc<AtomicUsize>,
+) {
     let client = reqwest::Client::new();
     let created: Value = client
         .post(format!("http://{gateway_addr}/api/v1/sessions/create"))
@@ -168,6 +180,7 @@ async fn intentlayer_client(gateway_addr: SocketAddr, user: String, acks: Acks) 
         .as_str()
         .unwrap()
         .to_owned();
+    started.fetch_add(1, Ordering::SeqCst);
     for n in 0..MESSAGES_PER_CLIENT {
         let response = client
             .post(format!("http://{gateway_addr}/api/v1/sessions/chat"))
@@ -195,12 +208,16 @@ async fn acknowledged_messages_survive_sigkill(data_dir: &Path, database_url: Op
 
     let chatbot_acks: Acks = Arc::default();
     let intentlayer_acks: Acks = Arc::default();
+    // Clients past their setup (session opened); the kill waits for all of them, or a client still opening
+    // its session would fail on the killed server before it had anything to lose.
+    let started = Arc::new(AtomicUsize::new(0));
     let mut chatbot_clients = Vec::new();
     for n in 0..3 {
         chatbot_clients.push(tokio::spawn(chatbot_client(
             addr,
             format!("user-{n}"),
             chatbot_acks.clone(),
+            started.clone(),
         )));
     }
     let mut intentlayer_clients = Vec::new();
@@ -209,13 +226,16 @@ async fn acknowledged_messages_survive_sigkill(data_dir: &Path, database_url: Op
             addr,
             format!("il-{n}"),
             intentlayer_acks.clone(),
+            started.clone(),
         )));
     }
 
     // Kill mid-stream: once enough messages were acknowledged, with the clients still sending.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let clients = chatbot_clients.len() + intentlayer_clients.len();
     while ack_count(&chatbot_acks) < ACKS_BEFORE_KILL
         || ack_count(&intentlayer_acks) < ACKS_BEFORE_KILL
+        || started.load(Ordering::SeqCst) < clients
     {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -2096,6 +2096,52 @@ async fn sqlite_checkpoints_the_wal_in_the_background() {
     store.close().await;
 }
 
+/// SQLite only: the expiry sweep and the active-session count go through the index of active sessions
+/// (migration 0003), not a scan of every session ever opened, and nothing indexes what a chat turn changes.
+#[tokio::test]
+async fn sqlite_finds_active_sessions_by_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voxgate.db");
+    let store = Store::open_sqlite(&path).await.unwrap();
+    store.close().await;
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    // The statements of `expire_idle_sessions` and `count_active_sessions`.
+    for statement in [
+        "UPDATE sessions SET active = FALSE, closed_at = $1 \
+         WHERE active = TRUE AND expires_at IS NOT NULL AND expires_at <= $1",
+        "SELECT COUNT(*) FROM sessions WHERE active = TRUE",
+    ] {
+        let plan: Vec<(i64, i64, i64, String)> =
+            // Audited: two constant statements.
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {statement}")))
+                .bind(0_i64)
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("INDEX sessions_active")),
+            "{statement}: {plan:?}"
+        );
+    }
+    let indexed: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT ii.name FROM sqlite_master AS m, pragma_index_info(m.name) AS ii \
+         WHERE m.type = 'index' AND m.tbl_name = 'sessions'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for touched in ["last_activity", "interaction_count", "expires_at"] {
+        assert!(
+            !indexed.iter().any(|(column,)| column == touched),
+            "{touched} is indexed: {indexed:?}"
+        );
+    }
+}
+
 /// SQLite only: what was committed is there after the store is closed and opened again (migrations re-run
 /// as a no-op).
 #[tokio::test]

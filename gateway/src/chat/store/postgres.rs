@@ -230,6 +230,14 @@ fn migrator() -> sqlx::migrate::Migrator {
             include_str!("../../../migrations/postgres/0002_session_notify.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            "sessions active index".into(),
+            MigrationType::Simple,
+            include_str!("../../../migrations/postgres/0003_sessions_active_index.sql")
+                .into_sql_str(),
+            false,
+        ),
     ])
 }
 

@@ -299,6 +299,14 @@ fn migrator() -> sqlx::migrate::Migrator {
                 .into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            "sessions active index".into(),
+            MigrationType::Simple,
+            include_str!("../../../migrations/sqlite/0003_sessions_active_index.sql")
+                .into_sql_str(),
+            false,
+        ),
     ])
 }
 
