@@ -137,7 +137,7 @@ pub async fn build_state(
     chat.register_health(&health);
     let api = Arc::new(crate::api::ApiService::new(&config, &metrics)?);
 
-    Ok(AppState {
+    Ok(AppState::new(crate::state::Shared {
         config,
         metrics,
         shutdown,
@@ -147,7 +147,7 @@ pub async fn build_state(
         voice,
         chat,
         api,
-    })
+    }))
 }
 
 /// What the configuration tells about components before (or without) a registered health check.

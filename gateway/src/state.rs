@@ -1,7 +1,9 @@
 //! The handles every handler and task shares: [`AppState`].
 //!
-//! `AppState` is cloned into every request, so each field is a cheap handle (`Arc`, token, tracker).
-//! Subsystems add their service handle here (`voice`, `chat`) and construct it in `server::build_state`.
+//! `AppState` is cloned into every request (by each extractor and middleware that takes it), so it is one
+//! `Arc` around [`Shared`]: a clone is one atomic increment, where a struct of handles cost one per field and a
+//! lock for its cancellation token. Subsystems add their service handle to [`Shared`] (`voice`, `chat`) and
+//! construct it in `server::build_state`.
 //!
 //! It also holds the [`HealthRegistry`]: subsystems register a [`HealthCheck`] for the part they own
 //! (storage, text model, realtime upstream) and `GET /health` asks all of them, so the HTTP layer never needs to
@@ -20,9 +22,26 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// Shared state of the running gateway.
+/// Shared state of the running gateway: a handle to [`Shared`], whose fields it derefs to.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler and task of the running gateway shares, through [`AppState`].
+pub struct Shared {
     /// The configuration the server was started with; never changes while running.
     pub config: Arc<Config>,
     /// Every metric.

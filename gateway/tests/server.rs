@@ -965,7 +965,8 @@ async fn shutdown_waits_for_tracked_tasks_and_closes_idle_connections() {
     let state = server.state.clone();
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = finished.clone();
-    state.tasks.spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         state.shutdown.cancelled().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         flag.store(true, std::sync::atomic::Ordering::SeqCst);

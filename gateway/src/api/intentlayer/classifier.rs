@@ -5,7 +5,7 @@
 //! patterns (single words or phrases); action verbs ("créer", "ajoute", "add", "build"…) raise the
 //! confidence; entities (the kind of form, the kind of chart) are extracted by their own patterns.
 //! A request that matches no intent gets [`Intent::Unknown`] with a confidence below 0.5.
-//! Every phrase of every table is found in one pass over the normalised text ([`Vocabulary`]).
+//! Every phrase of every table is found in one pass over the normalised text (one Aho-Corasick automaton).
 //!
 //! Everything here is pure and deterministic: same text, same [`Analysis`].
 
