@@ -640,9 +640,8 @@ pub fn classify(text: &str) -> Analysis {
         if let Some((kind, value, _)) = ENTITY_PATTERNS
             .iter()
             .enumerate()
-            .filter(|(index, (entity_kind, _, _))| *entity_kind == kind && matched.contains(index))
+            .find(|(index, (entity_kind, _, _))| *entity_kind == kind && matched.contains(index))
             .map(|(_, entity)| entity)
-            .next()
         {
             entities.push(Entity {
                 kind: (*kind).to_owned(),
