@@ -167,6 +167,7 @@ both_backends!(
     messages_append_and_count,
     message_pages_with_cursors,
     sessions_lifecycle,
+    opening_a_session_can_record_the_user_seen,
     sessions_limits_and_expiry,
     documents_and_chunks,
     ratings,
@@ -646,6 +647,71 @@ mod cases {
         );
     }
 
+    pub async fn opening_a_session_can_record_the_user_seen(store: &Store) {
+        let conv = store
+            .create_conversation(&conversation("bob", "chatbot", "bot", ""))
+            .await
+            .unwrap();
+        let new = NewSession {
+            kind: "chatbot".into(),
+            scope: "bot".into(),
+            user_id: "bob".into(),
+            conversation_id: Some(conv.id.clone()),
+            ttl: None,
+            metadata: json!({}),
+            close_others_in_scope: true,
+            record_user_seen: true,
+        };
+        // A new user is inserted, seen when the session opened.
+        let first = store.create_session(&new).await.unwrap();
+        let bob = store.get_user("bob").await.unwrap().unwrap();
+        assert_eq!(
+            (bob.created_at, bob.last_seen_at),
+            (first.created_at, first.created_at)
+        );
+        assert_eq!((bob.display_name, bob.metadata), (None, json!({})));
+
+        // A known user keeps their name and data; only last_seen_at moves.
+        store
+            .upsert_user("bob", Some("Bob"), Some(&json!({"plan": "pro"})))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let second = store.create_session(&new).await.unwrap();
+        let bob = store.get_user("bob").await.unwrap().unwrap();
+        assert_eq!(bob.last_seen_at, second.created_at);
+        assert!(bob.last_seen_at > first.created_at);
+        assert_eq!(bob.created_at, first.created_at);
+        assert_eq!(bob.display_name.as_deref(), Some("Bob"));
+        assert_eq!(bob.metadata, json!({"plan": "pro"}));
+
+        // Without it, nothing is written to the user.
+        let carol = store
+            .create_session(&NewSession {
+                user_id: "carol".into(),
+                record_user_seen: false,
+                ..new.clone()
+            })
+            .await
+            .unwrap();
+        assert!(carol.active);
+        assert_eq!(store.get_user("carol").await.unwrap(), None);
+
+        // A refused session (its conversation is gone) records nothing either: one transaction.
+        let refused = store
+            .create_session(&NewSession {
+                user_id: "dave".into(),
+                conversation_id: Some("missing".into()),
+                ..new.clone()
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::NotFound { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(store.get_user("dave").await.unwrap(), None);
+    }
+
     pub async fn sessions_lifecycle(store: &Store) {
         let conv = store
             .create_conversation(&conversation("alice", "chatbot", "bot", ""))
@@ -659,6 +725,7 @@ mod cases {
             ttl: Some(Duration::from_secs(600)),
             metadata: json!({"chatbot_id": "bot"}),
             close_others_in_scope: true,
+            record_user_seen: false,
         };
         let first = store.create_session(&new).await.unwrap();
         assert!(first.active);
@@ -1101,6 +1168,7 @@ mod cases {
             ttl: Some(Duration::from_secs(600)),
             metadata: json!({}),
             close_others_in_scope: false,
+            record_user_seen: false,
         };
         let session = store.create_session(&new).await.unwrap();
         let turn = |text: &'static str| {
@@ -1237,6 +1305,7 @@ mod cases {
                 ttl: None,
                 metadata: json!({}),
                 close_others_in_scope: false,
+                record_user_seen: false,
             })
             .await
             .unwrap();

@@ -275,10 +275,6 @@ async fn create_session(
         find_chatbot(&state.config, &chatbot_id).ok_or_else(ChatbotError::chatbot_not_found)?;
     let store = state.chat.store();
     let user = claims.sub;
-    store
-        .upsert_user(&user, None, None)
-        .await
-        .map_err(|e| ChatbotError::store(&e))?;
 
     // One conversation per user and chatbot carries the history across sessions.
     let mut query = ConversationQuery::by_owner(&user);
@@ -312,6 +308,7 @@ async fn create_session(
             ttl: None,
             metadata: serde_json::json!({}),
             close_others_in_scope: true,
+            record_user_seen: true,
         })
         .await
         .map_err(|e| ChatbotError::store(&e))?;

@@ -465,6 +465,8 @@ async fn create(State(state): State<AppState>, body: Bytes) -> ApiResult<Created
                 "language": language.map(Language::code),
             }),
             close_others_in_scope: false,
+            // Upserted above, with the user's name and data.
+            record_user_seen: false,
         })
         .await
         .map_err(|e| IntentLayerError::store(&e))?;

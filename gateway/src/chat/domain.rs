@@ -288,6 +288,9 @@ pub struct NewSession {
     pub metadata: Value,
     /// Close the user's other active sessions of the same kind and scope in the same transaction.
     pub close_others_in_scope: bool,
+    /// Record the user as seen in the same transaction: insert them if new, set their `last_seen_at` (what
+    /// `Store::upsert_user` does without a display name or metadata), for one commit instead of two.
+    pub record_user_seen: bool,
 }
 
 /// A document uploaded for retrieval.

@@ -946,6 +946,16 @@ macro_rules! store_queries {
                 let now_us = micros(now());
                 let expires = new.ttl.map(|ttl| now_us.saturating_add(ttl_micros(ttl)));
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                if new.record_user_seen {
+                    sqlx::query(
+                        "INSERT INTO users (id, created_at, last_seen_at) VALUES ($1, $2, $2) \
+                         ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+                    )
+                    .bind(new.user_id.clone())
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let closed: Vec<String> = if new.close_others_in_scope {
                     sqlx::query_scalar(
                         "UPDATE sessions SET active = FALSE, closed_at = $4 \
