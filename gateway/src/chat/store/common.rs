@@ -8,8 +8,13 @@
 //! - `push_metadata_eq(builder, key, value)`: a condition "metadata's top-level `key` as text equals `value`";
 //! - `writer()`: the pool write statements run on (SQLite keeps a one-connection writer pool, see there);
 //! - `COUNTS_BY_TRIGGER`: whether a database trigger maintains a conversation's `message_count`/`updated_at`;
-//! - `inserted_seqs` and `touched_sessions`: how a multi-row write's results come back (each backend reads them
-//!   the way that costs it least).
+//! - `inserted_seqs` and `touched_sessions`: how a multi-row write's results come back, and `message_page`: how a
+//!   page of messages does (each backend reads them the way that costs it least).
+//!
+//! A `LIMIT` or `OFFSET` parameter is written `CAST($n AS BIGINT)`, never bare: SQLite plans a bare parameter
+//! there as the integer bound to it, so binding it again (sqlx binds every execution anew) makes the next step
+//! prepare the statement again. That was 16% of a history read's CPU; the cast is an expression SQLite leaves
+//! to run time (the `history` read of `scripts/bench-http`: 5.0k → 6.6k req/s).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -121,7 +126,8 @@ impl From<ConversationRow> for Conversation {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// Also deserializable from a JSON array of the columns in `message_columns!()` order (SQLite's `message_page`).
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct MessageRow {
     seq: i64,
     id: String,
@@ -479,10 +485,11 @@ macro_rules! store_queries {
                         .push_bind(cursor.clone())
                         .push("))");
                 }
-                qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                qb.push(" ORDER BY created_at DESC, id DESC LIMIT CAST(")
                     .push_bind(limit + 1)
-                    .push(" OFFSET ")
-                    .push_bind(i64::from(query.offset));
+                    .push(" AS BIGINT) OFFSET CAST(")
+                    .push_bind(i64::from(query.offset))
+                    .push(" AS BIGINT)");
                 let rows: Vec<ConversationRow> = qb.build_query_as().fetch_all(&self.pool).await?;
                 let mut items: Vec<Conversation> = rows.into_iter().map(Into::into).collect();
                 let has_more = items.len() as i64 > limit;
@@ -902,28 +909,15 @@ macro_rules! store_queries {
                     Some(id) => self.message_seq(conversation_id, id).await?,
                     None => i64::MIN,
                 };
-                let sql = match query.order {
-                    Order::Asc => concat!(
-                        "SELECT ",
-                        message_columns!(),
-                        " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
-                        "ORDER BY seq ASC LIMIT $4 OFFSET $5"
-                    ),
-                    Order::Desc => concat!(
-                        "SELECT ",
-                        message_columns!(),
-                        " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
-                        "ORDER BY seq DESC LIMIT $4 OFFSET $5"
-                    ),
-                };
-                let rows: Vec<MessageRow> = sqlx::query_as(sql)
-                    .bind(conversation_id.to_owned())
-                    .bind(before)
-                    .bind(after)
-                    .bind(limit + 1)
-                    .bind(i64::from(query.offset))
-                    .fetch_all(&self.pool)
-                    .await?;
+                let rows = Self::message_page(
+                    &self.pool,
+                    conversation_id,
+                    (before, after),
+                    limit + 1,
+                    i64::from(query.offset),
+                    query.order,
+                )
+                .await?;
                 let mut items = messages(rows)?;
                 let has_more = items.len() as i64 > limit;
                 items.truncate(limit as usize);
@@ -1079,7 +1073,7 @@ macro_rules! store_queries {
                     "UPDATE sessions SET active = FALSE, closed_at = $4 \
                      WHERE user_id = $1 AND kind = $2 AND active = TRUE AND id NOT IN ( \
                        SELECT id FROM sessions WHERE user_id = $1 AND kind = $2 AND active = TRUE \
-                       ORDER BY created_at DESC, id DESC LIMIT $3) \
+                       ORDER BY created_at DESC, id DESC LIMIT CAST($3 AS BIGINT)) \
                      RETURNING id",
                 )
                 .bind(user_id.to_owned())

@@ -190,6 +190,40 @@ impl PgStore {
         Ok(update.build_query_as().fetch_all(&mut **tx).await?)
     }
 
+    /// Up to `limit` messages of a conversation strictly between the seqs `bounds` (before, after), skipping
+    /// `offset`, in `order` of seq.
+    async fn message_page(
+        pool: &PgPool,
+        conversation_id: &str,
+        (before, after): (i64, i64),
+        limit: i64,
+        offset: i64,
+        order: Order,
+    ) -> StoreResult<Vec<MessageRow>> {
+        let sql = match order {
+            Order::Asc => concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
+                "ORDER BY seq ASC LIMIT $4 OFFSET $5"
+            ),
+            Order::Desc => concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
+                "ORDER BY seq DESC LIMIT $4 OFFSET $5"
+            ),
+        };
+        Ok(sqlx::query_as(sql)
+            .bind(conversation_id.to_owned())
+            .bind(before)
+            .bind(after)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await?)
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -241,6 +241,48 @@ impl SqliteStore {
         Ok(touched.0)
     }
 
+    /// Up to `limit` messages of a conversation strictly between the seqs `bounds` (before, after), skipping
+    /// `offset`, in `order` of seq: read back as ONE row, like [`Self::touched_sessions`] and for the same
+    /// reason (each row is a hand-off from the connection's thread). Pages of 20 messages, `scripts/bench-http
+    /// --endpoints history`, two interleaved pairs: 6,957 / 7,336 req/s against 6,417 / 5,775 row by row.
+    async fn message_page(
+        pool: &SqlitePool,
+        conversation_id: &str,
+        (before, after): (i64, i64),
+        limit: i64,
+        offset: i64,
+        order: Order,
+    ) -> StoreResult<Vec<MessageRow>> {
+        macro_rules! page {
+            ($order:literal) => {
+                concat!(
+                    "SELECT json_group_array(json_array(seq, id, conversation_id, role, content, json(metadata), ",
+                    "prompt_tokens, completion_tokens, created_at) ORDER BY seq ",
+                    $order,
+                    ") FROM (SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
+                    "ORDER BY seq ",
+                    $order,
+                    " LIMIT CAST($4 AS BIGINT) OFFSET CAST($5 AS BIGINT))"
+                )
+            };
+        }
+        let sql = match order {
+            Order::Asc => page!("ASC"),
+            Order::Desc => page!("DESC"),
+        };
+        let rows: Json<Vec<MessageRow>> = sqlx::query_scalar(sql)
+            .bind(conversation_id.to_owned())
+            .bind(before)
+            .bind(after)
+            .bind(limit)
+            .bind(offset)
+            .fetch_one(pool)
+            .await?;
+        Ok(rows.0)
+    }
+
     /// Checkpoints the WAL from a read connection every [`CHECKPOINT_EVERY`] until `stop` (module
     /// documentation). A failure is logged once per run of failures; the writer's automatic checkpoint is the
     /// backstop meanwhile.
