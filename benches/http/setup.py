@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Prepares a running gateway for scripts/bench-http (Python standard library only).
 
-- Creates N IntentLayer sessions (one user each: a user keeps at most `max_sessions_per_user` live sessions) and
-  writes their wire ids, one per line, to OUT_DIR/intentlayer_sessions.txt.
+- Creates N IntentLayer sessions (one user each: a user keeps at most `max_sessions_per_user` live sessions), gives
+  each I interactions through `POST /api/v1/sessions/chat` (a question and an answer stored each, so that the
+  history read has a full page to return), and writes their wire ids, one per line, to
+  OUT_DIR/intentlayer_sessions.txt.
 - Mints HS256 JWTs for M chatbot users (signed with the secret the gateway was started with), and gives each user
   a real conversation history through the real chat socket (`WS /ws/chat/{session}`), K messages each (every
   message stores the user's message and the assistant's answer). Writes the tokens to OUT_DIR/chatbot_tokens.txt.
@@ -125,9 +127,12 @@ class WebSocket:
             self.sock.close()
 
 
-def create_intentlayer_session(base: str, i: int) -> str:
+def create_intentlayer_session(base: str, i: int, interactions: int) -> str:
     body = post_json(base, "/api/v1/sessions/create", {"user_id": f"bench-user-{i}", "user_data": {"name": f"Bench {i}"}})
-    return body["session_info"]["session_id"]
+    session = body["session_info"]["session_id"]
+    for n in range(interactions):
+        post_json(base, "/api/v1/sessions/chat", {"session_id": session, "message": CHAT_MESSAGES[(i + n) % len(CHAT_MESSAGES)]})
+    return session
 
 
 def seed_chatbot_user(base: str, host: str, port: int, secret: str, chatbot: str, i: int, messages: int) -> str:
@@ -157,6 +162,7 @@ def main() -> int:
     parser.add_argument("--addr", required=True, help="host:port of the gateway")
     parser.add_argument("--out", required=True, help="directory for the id and token lists")
     parser.add_argument("--sessions", type=int, default=256, help="IntentLayer sessions to create")
+    parser.add_argument("--interactions", type=int, default=10, help="chat interactions per IntentLayer session")
     parser.add_argument("--chat-users", type=int, default=64, help="chatbot users to create")
     parser.add_argument("--history", type=int, default=5, help="chat messages per chatbot user (two stored each)")
     parser.add_argument("--chatbot", default="assistant")
@@ -168,7 +174,7 @@ def main() -> int:
     host, port = args.addr.rsplit(":", 1)
     base = f"http://{args.addr}"
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sessions = list(pool.map(lambda i: create_intentlayer_session(base, i), range(args.sessions)))
+        sessions = list(pool.map(lambda i: create_intentlayer_session(base, i, args.interactions), range(args.sessions)))
         tokens = list(
             pool.map(
                 lambda i: seed_chatbot_user(base, host, int(port), secret, args.chatbot, i, args.history),
@@ -179,7 +185,7 @@ def main() -> int:
         f.write("\n".join(sessions) + "\n")
     with open(os.path.join(args.out, "chatbot_tokens.txt"), "w") as f:
         f.write("\n".join(tokens) + "\n")
-    print(f"setup: {len(sessions)} IntentLayer sessions, {len(tokens)} chatbot users with {args.history} messages of history each")
+    print(f"setup: {len(sessions)} IntentLayer sessions with {args.interactions} interactions each, {len(tokens)} chatbot users with {args.history} messages of history each")
     return 0
 
 

@@ -6,6 +6,7 @@
 //! | `POST /api/v1/sessions/create` | opens a session for `user_id` (evicting the user's oldest past the limit) |
 //! | `POST /api/v1/sessions/chat` | one interaction: `response_text`, `response_audio`, `ui_components`, `nlp_analysis`, `session_info` |
 //! | `GET /api/v1/sessions/info/{session_id}` | the session |
+//! | `GET /api/v1/sessions/history/{session_id}` | additive: the session's interactions, a page at a time |
 //! | `DELETE /api/v1/sessions/delete/{session_id}` | removes the session and its audio |
 //! | `GET /api/v1/sessions/list/{user_id}` | the user's live sessions, newest first |
 //! | `GET /audio/{file}` | a spoken answer (`audio/wav`), rendered from the stored answer on first request |
@@ -31,11 +32,12 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderValue, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
 
@@ -70,6 +72,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sessions/create", post(create))
         .route("/api/v1/sessions/chat", post(chat))
         .route("/api/v1/sessions/info/{session_id}", get(info))
+        .route("/api/v1/sessions/history/{session_id}", get(history))
         .route("/api/v1/sessions/delete/{session_id}", delete(remove))
         .route("/api/v1/sessions/list/{user_id}", get(list))
         .route("/audio/{file}", get(audio_file))
@@ -521,6 +524,16 @@ struct ChatResponse {
     response_id: String,
 }
 
+/// A confidence as the chat response writes it (the f32's shortest decimal: 0.95, 1.0), for JSON built as a
+/// `Value`, where the f32 would be widened to f64 and read back as 0.949999988079071.
+fn confidence_value(confidence: f32) -> Value {
+    // An f32's shortest decimal parses to the f64 nearest it, which serializes as that same decimal.
+    confidence
+        .to_string()
+        .parse::<f64>()
+        .map_or(Value::Null, Value::from)
+}
+
 /// The language of the answer: the session's preference, else the message's evident language, else French.
 fn answer_language(session: &Session, analysis: &Analysis) -> Language {
     session
@@ -581,7 +594,7 @@ async fn interact(
     let answer_metadata = serde_json::json!({
         "intent": analysis.intent.as_str(),
         "entities": analysis.entities,
-        "confidence": analysis.confidence,
+        "confidence": confidence_value(analysis.confidence),
         "ui_components": ui_components,
         "language": language.code(),
     });
@@ -660,6 +673,163 @@ async fn info(State(state): State<AppState>, Path(session_id): Path<String>) -> 
         success: true,
         message: "Session trouvée",
         session_info: SessionInfo::from(&session),
+    }))
+}
+
+/// Messages per history page unless `limit` says otherwise, and the most it may say.
+pub const HISTORY_PAGE: u32 = 50;
+pub const MAX_HISTORY_PAGE: u32 = 200;
+
+#[derive(Debug, Deserialize)]
+struct HistoryParams {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct History {
+    success: bool,
+    message: &'static str,
+    session_id: String,
+    /// Oldest first.
+    messages: Vec<HistoryMessage>,
+    /// Whether older messages remain; pass `next_before` as `before` for the previous page.
+    has_more: bool,
+    next_before: Option<String>,
+}
+
+/// A stored message as the chat POST described it: the user's question with its `input_type` and `context`,
+/// or the answer with its audio, components and analysis.
+#[derive(Debug, Serialize)]
+struct HistoryMessage {
+    message_id: String,
+    role: &'static str,
+    content: String,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_type: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_audio: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ui_components: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nlp_analysis: Option<Map<String, Value>>,
+}
+
+impl From<Message> for HistoryMessage {
+    fn from(message: Message) -> Self {
+        let Value::Object(mut metadata) = message.metadata else {
+            return HistoryMessage::bare(
+                message.id,
+                message.role,
+                message.content,
+                message.created_at,
+            );
+        };
+        let mut analysis: Map<String, Value> = ["intent", "entities", "confidence", "language"]
+            .into_iter()
+            .filter_map(|key| metadata.remove(key).map(|value| (key.to_owned(), value)))
+            .collect();
+        // Answers stored before `confidence_value` carry the f32 widened to f64 (0.949999988…).
+        if let Some(confidence) = analysis.get_mut("confidence")
+            && let Some(widened) = confidence.as_f64()
+        {
+            *confidence = confidence_value(widened as f32);
+        }
+        HistoryMessage {
+            input_type: metadata.remove("input_type"),
+            context: metadata.remove("context"),
+            response_audio: metadata.remove("response_audio"),
+            ui_components: metadata.remove("ui_components"),
+            nlp_analysis: (!analysis.is_empty()).then_some(analysis),
+            ..HistoryMessage::bare(
+                message.id,
+                message.role,
+                message.content,
+                message.created_at,
+            )
+        }
+    }
+}
+
+impl HistoryMessage {
+    fn bare(id: String, role: Role, content: String, at: chrono::DateTime<chrono::Utc>) -> Self {
+        HistoryMessage {
+            message_id: id,
+            role: role.as_str(),
+            content,
+            timestamp: timestamp(at),
+            input_type: None,
+            context: None,
+            response_audio: None,
+            ui_components: None,
+            nlp_analysis: None,
+        }
+    }
+}
+
+/// The page size asked for: 1 to [`MAX_HISTORY_PAGE`], [`HISTORY_PAGE`] when absent.
+fn history_limit(limit: Option<&str>) -> Result<u32, IntentLayerError> {
+    let Some(limit) = limit else {
+        return Ok(HISTORY_PAGE);
+    };
+    match limit.parse::<u32>() {
+        Ok(n) if (1..=MAX_HISTORY_PAGE).contains(&n) => Ok(n),
+        _ => Err(IntentLayerError::invalid(
+            "limit",
+            format!("Le paramètre 'limit' doit être un entier de 1 à {MAX_HISTORY_PAGE}"),
+        )),
+    }
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> ApiResult<History> {
+    let Query(params) = params.map_err(|rejection| {
+        IntentLayerError::invalid(
+            "query",
+            format!("Paramètres invalides: {}", rejection.body_text()),
+        )
+    })?;
+    let limit = history_limit(params.limit.as_deref())?;
+    let id = known_id(&session_id)?;
+    check_rate(&state, RateKey::Session(id))?;
+    let session = live_session(&state, id).await?;
+    let Some(conversation) = session.conversation_id.as_deref() else {
+        return Err(IntentLayerError::session_not_found());
+    };
+    let query = MessageQuery {
+        before: params.before.clone(),
+        limit,
+        order: Order::Desc,
+        ..MessageQuery::default()
+    };
+    let page = state
+        .chat
+        .store()
+        .list_messages(conversation, &query)
+        .await
+        .map_err(|e| match e {
+            StoreError::InvalidCursor { .. } => IntentLayerError::invalid(
+                "before",
+                "Le paramètre 'before' ne désigne aucun message de cette session",
+            ),
+            e => IntentLayerError::store(&e),
+        })?;
+    let mut messages: Vec<HistoryMessage> =
+        page.items.into_iter().map(HistoryMessage::from).collect();
+    messages.reverse();
+    Ok(Json(History {
+        success: true,
+        message: "Historique de la session",
+        session_id: wire_id(&session.id),
+        messages,
+        has_more: page.has_more,
+        next_before: page.next_cursor.filter(|_| page.has_more),
     }))
 }
 
@@ -927,6 +1097,26 @@ async fn remove_orphaned_audio(state: &AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_confidences_read_back_as_the_chat_response_wrote_them() {
+        for confidence in [
+            0.95_f32,
+            0.1,
+            0.3,
+            0.55,
+            0.8,
+            1.0,
+            0.0,
+            0.123_456_79,
+            f32::MIN_POSITIVE,
+        ] {
+            let written = serde_json::to_string(&confidence).unwrap();
+            let stored = serde_json::to_string(&confidence_value(confidence)).unwrap();
+            assert_eq!(stored, written);
+        }
+        assert_eq!(confidence_value(f32::NAN), Value::Null);
+    }
 
     #[test]
     fn wire_ids() {

@@ -411,6 +411,8 @@ async fn unknown_sessions_are_404_in_the_seed_shape() {
         assert_eq!((status, &body), (404, &expected), "chat {id}");
         let (status, body) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
         assert_eq!((status, &body), (404, &expected), "info {id}");
+        let (status, body) = get(&server, &format!("/api/v1/sessions/history/{id}")).await;
+        assert_eq!((status, &body), (404, &expected), "history {id}");
         let response = client()
             .delete(server.http_url(&format!("/api/v1/sessions/delete/{id}")))
             .send()
@@ -499,6 +501,135 @@ async fn delete_and_list() {
     assert_eq!(listed["total"], 1);
     let (status, listed) = get(&server, "/api/v1/sessions/list/nobody").await;
     assert_eq!((status, listed["total"].as_u64()), (200, Some(0)));
+}
+
+#[tokio::test]
+async fn history_gives_each_interaction_as_chat_answered_it() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "erin", "fr").await);
+    let history = format!("/api/v1/sessions/history/{id}");
+    let (status, body) = get(&server, &history).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({
+            "success": true,
+            "message": "Historique de la session",
+            "session_id": id,
+            "messages": [],
+            "has_more": false,
+            "next_before": null
+        })
+    );
+
+    let questions = [
+        "Créer un formulaire de contact",
+        "Ajoute un bouton",
+        "Affiche un graphique en camembert",
+    ];
+    let mut answers = Vec::new();
+    for question in questions {
+        answers.push(chat(&server, &id, question).await);
+    }
+    let (_, info_before) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+
+    let (status, body) = get(&server, &history).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["has_more"].clone(), body["next_before"].clone()),
+        (json!(false), Value::Null)
+    );
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 6, "{body}");
+    for (i, (question, answer)) in questions.iter().zip(&answers).enumerate() {
+        let (asked, answered) = (&messages[2 * i], &messages[2 * i + 1]);
+        assert_eq!(asked["message_id"], answer["message_id"]);
+        assert_eq!(asked["role"], "user");
+        assert_eq!(asked["content"], *question);
+        assert_eq!(asked["input_type"], "text");
+        assert_eq!(
+            asked["context"],
+            json!({"page": "/contact", "timestamp": "2024-01-15T10:35:00Z"})
+        );
+        assert_eq!(answered["message_id"], answer["response_id"]);
+        assert_eq!(answered["role"], "assistant");
+        assert_eq!(answered["content"], answer["response_text"]);
+        assert_eq!(answered["response_audio"], answer["response_audio"]);
+        assert_eq!(answered["ui_components"], answer["ui_components"]);
+        assert_eq!(answered["nlp_analysis"], answer["nlp_analysis"]);
+        assert!(asked["timestamp"].as_str() <= answered["timestamp"].as_str());
+    }
+    let all: Vec<&Value> = messages.iter().map(|m| &m["message_id"]).collect();
+
+    // Two at a time, newest page first, each page oldest first.
+    let mut paged = Vec::new();
+    let mut before: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &before {
+            Some(cursor) => format!("{history}?limit=2&before={cursor}"),
+            None => format!("{history}?limit=2"),
+        };
+        let (status, page) = get(&server, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let ids: Vec<Value> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].clone())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        paged.splice(0..0, ids);
+        if page["has_more"] == false {
+            assert_eq!(page["next_before"], Value::Null);
+            break;
+        }
+        before = Some(page["next_before"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged.iter().collect::<Vec<_>>(), all);
+
+    // Reading the history is not an interaction.
+    let (_, info_after) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
+    assert_eq!(info_after, info_before);
+}
+
+#[tokio::test]
+async fn history_paging_errors_are_422_naming_the_parameter() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "frank", "en").await);
+    let other = session_id(&create(&server, "grace", "en").await);
+    chat(&server, &id, "Add a button").await;
+    let foreign = chat(&server, &other, "Add a button").await["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let history = format!("/api/v1/sessions/history/{id}");
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=", "limit"),
+        ("before=nope", "before"),
+        (&format!("before={}", uuid::Uuid::now_v7()), "before"),
+        // A message of another session's conversation is no cursor of this one.
+        (&format!("before={foreign}"), "before"),
+    ] {
+        let (status, body) = get(&server, &format!("{history}?{query}")).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (422, Some(field)),
+            "{query}: {body}"
+        );
+        assert_eq!(body["success"], false);
+    }
+    let (status, body) = get(&server, &format!("{history}?limit=200")).await;
+    assert_eq!(
+        (status, body["messages"].as_array().map(Vec::len)),
+        (200, Some(2))
+    );
 }
 
 fn audio_dir(server: &voxgate::testing::TestServer, wire_id: &str) -> std::path::PathBuf {
@@ -878,13 +1009,15 @@ async fn requests_past_the_rate_limit_are_429_and_change_nothing() {
     assert_eq!(session.interaction_count, 1);
     let conversation = session.conversation_id.unwrap();
     assert_eq!(store.count_messages(&conversation).await.unwrap(), 2);
-    // info and delete spend the same session budget: the session is not deleted.
-    let response = client()
-        .get(server.http_url(&format!("/api/v1/sessions/info/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_rate_limited(response, 2).await;
+    // info, history and delete spend the same session budget: the session is not deleted.
+    for read in ["info", "history"] {
+        let response = client()
+            .get(server.http_url(&format!("/api/v1/sessions/{read}/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_rate_limited(response, 2).await;
+    }
     let response = client()
         .delete(server.http_url(&format!("/api/v1/sessions/delete/{id}")))
         .send()
@@ -914,10 +1047,10 @@ async fn requests_past_the_rate_limit_are_429_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(sessions.len(), 1);
-    // Five refusals, counted for this surface only.
+    // Six refusals, counted for this surface only.
     let exposition = metrics(&server).await;
     for series in [
-        "voxgate_rate_limited_total{surface=\"intentlayer\"} 5",
+        "voxgate_rate_limited_total{surface=\"intentlayer\"} 6",
         "voxgate_rate_limited_total{surface=\"chatbot\"} 0",
     ] {
         assert!(exposition.contains(series), "{series} in {exposition}");
