@@ -13,6 +13,8 @@ use voxgate::config::{Config, LogFormat};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before anything can open a database (it only applies before SQLite initializes).
+    voxgate::chat::store::sqlite::configure_process();
     let config = match Config::load() {
         Ok(config) => config,
         Err(err) => match err.downcast::<clap::Error>() {
