@@ -5,24 +5,15 @@
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
-local tokens, next_index
 local path = "/chatbot/" .. (os.getenv("BENCH_CHATBOT") or "assistant") .. "/session"
+local next_token
 
-setup = common.setup
+common.install()
 
 function init(args)
-   tokens = common.lines_of("BENCH_TOKENS")
-   next_index = (thread_id or 0) * 7919
+   next_token = common.round_robin("BENCH_TOKENS")
 end
 
 function request()
-   next_index = next_index + 1
-   local headers = { ["Authorization"] = "Bearer " .. tokens[next_index % #tokens + 1] }
-   return wrk.format("POST", path, headers, "")
+   return wrk.format("POST", path, { ["Authorization"] = "Bearer " .. next_token() }, "")
 end
-
--- Looking at every answer in Lua slows wrk down: only when debugging.
-if os.getenv("BENCH_DEBUG") then
-   response = common.response
-end
-done = common.done

@@ -12,6 +12,27 @@ function common.setup(thread)
    thread_count = thread_count + 1
 end
 
+-- Sets wrk's global hooks every script shares: setup, done, and (only with BENCH_DEBUG: looking at every
+-- answer in Lua slows wrk down) response.
+function common.install()
+   setup = common.setup
+   done = common.done
+   if os.getenv("BENCH_DEBUG") then
+      response = common.response
+   end
+end
+
+-- A function giving the lines of the file named by environment variable `var` one after another, round robin,
+-- this thread starting at its own place. Call it from init(), once wrk has set the thread's number.
+function common.round_robin(var)
+   local lines = common.lines_of(var)
+   local index = (thread_id or 0) * 7919
+   return function()
+      index = index + 1
+      return lines[index % #lines + 1], index
+   end
+end
+
 -- The non-empty lines of the file named by environment variable `var`.
 function common.lines_of(var)
    local path = os.getenv(var)

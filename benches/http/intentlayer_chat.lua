@@ -11,26 +11,18 @@ local messages = {
    "Bonjour, comment ça va ?",
 }
 
-local sessions, next_index
 local headers = { ["Content-Type"] = "application/json" }
+local next_session
 
-setup = common.setup
+common.install()
 
 function init(args)
-   sessions = common.lines_of("BENCH_SESSIONS")
-   next_index = (thread_id or 0) * 7919
+   next_session = common.round_robin("BENCH_SESSIONS")
 end
 
 function request()
-   next_index = next_index + 1
-   local session = sessions[next_index % #sessions + 1]
-   local message = messages[next_index % #messages + 1]
+   local session, index = next_session()
+   local message = messages[index % #messages + 1]
    local body = '{"session_id":"' .. session .. '","message":"' .. message .. '","input_type":"text"}'
    return wrk.format("POST", "/api/v1/sessions/chat", headers, body)
 end
-
--- Looking at every answer in Lua slows wrk down: only when debugging.
-if os.getenv("BENCH_DEBUG") then
-   response = common.response
-end
-done = common.done

@@ -2,22 +2,14 @@
 package.path = os.getenv("BENCH_LUA_DIR") .. "/?.lua;" .. package.path
 local common = require("common")
 
-local sessions, next_index
+common.install()
 
-setup = common.setup
+local next_session
 
 function init(args)
-   sessions = common.lines_of("BENCH_SESSIONS")
-   next_index = (thread_id or 0) * 7919
+   next_session = common.round_robin("BENCH_SESSIONS")
 end
 
 function request()
-   next_index = next_index + 1
-   return wrk.format("GET", "/api/v1/sessions/info/" .. sessions[next_index % #sessions + 1])
+   return wrk.format("GET", "/api/v1/sessions/info/" .. next_session())
 end
-
--- Looking at every answer in Lua slows wrk down: only when debugging.
-if os.getenv("BENCH_DEBUG") then
-   response = common.response
-end
-done = common.done
