@@ -720,13 +720,19 @@ struct HistoryMessage {
 
 impl From<Message> for HistoryMessage {
     fn from(message: Message) -> Self {
+        let mut history = HistoryMessage {
+            message_id: message.id,
+            role: message.role.as_str(),
+            content: message.content,
+            timestamp: timestamp(message.created_at),
+            input_type: None,
+            context: None,
+            response_audio: None,
+            ui_components: None,
+            nlp_analysis: None,
+        };
         let Value::Object(mut metadata) = message.metadata else {
-            return HistoryMessage::bare(
-                message.id,
-                message.role,
-                message.content,
-                message.created_at,
-            );
+            return history;
         };
         let mut analysis: Map<String, Value> = ["intent", "entities", "confidence", "language"]
             .into_iter()
@@ -738,35 +744,12 @@ impl From<Message> for HistoryMessage {
         {
             *confidence = confidence_value(widened as f32);
         }
-        HistoryMessage {
-            input_type: metadata.remove("input_type"),
-            context: metadata.remove("context"),
-            response_audio: metadata.remove("response_audio"),
-            ui_components: metadata.remove("ui_components"),
-            nlp_analysis: (!analysis.is_empty()).then_some(analysis),
-            ..HistoryMessage::bare(
-                message.id,
-                message.role,
-                message.content,
-                message.created_at,
-            )
-        }
-    }
-}
-
-impl HistoryMessage {
-    fn bare(id: String, role: Role, content: String, at: chrono::DateTime<chrono::Utc>) -> Self {
-        HistoryMessage {
-            message_id: id,
-            role: role.as_str(),
-            content,
-            timestamp: timestamp(at),
-            input_type: None,
-            context: None,
-            response_audio: None,
-            ui_components: None,
-            nlp_analysis: None,
-        }
+        history.input_type = metadata.remove("input_type");
+        history.context = metadata.remove("context");
+        history.response_audio = metadata.remove("response_audio");
+        history.ui_components = metadata.remove("ui_components");
+        history.nlp_analysis = (!analysis.is_empty()).then_some(analysis);
+        history
     }
 }
 
@@ -803,7 +786,7 @@ async fn history(
         return Err(IntentLayerError::session_not_found());
     };
     let query = MessageQuery {
-        before: params.before.clone(),
+        before: params.before,
         limit,
         order: Order::Desc,
         ..MessageQuery::default()
@@ -829,7 +812,7 @@ async fn history(
         session_id: wire_id(&session.id),
         messages,
         has_more: page.has_more,
-        next_before: page.next_cursor.filter(|_| page.has_more),
+        next_before: page.next_cursor,
     }))
 }
 

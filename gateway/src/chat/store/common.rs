@@ -71,9 +71,22 @@ macro_rules! touch_session_sql {
         )
     };
 }
+/// A page of a conversation's messages ($1 conversation, strictly between the seqs $2 before and $3 after, at most
+/// $4 of them after skipping $5) in `$order` ("ASC" or "DESC") of seq: what each backend's `message_page` runs.
+macro_rules! message_page_sql {
+    ($order:literal) => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ORDER BY seq ",
+            $order,
+            " LIMIT CAST($4 AS BIGINT) OFFSET CAST($5 AS BIGINT)"
+        )
+    };
+}
 pub(super) use {
-    attachment_columns, conversation_columns, document_columns, message_columns, rating_columns,
-    session_columns, touch_session_sql, user_columns,
+    attachment_columns, conversation_columns, document_columns, message_columns, message_page_sql,
+    rating_columns, session_columns, touch_session_sql, user_columns,
 };
 
 #[derive(sqlx::FromRow)]

@@ -201,18 +201,8 @@ impl PgStore {
         order: Order,
     ) -> StoreResult<Vec<MessageRow>> {
         let sql = match order {
-            Order::Asc => concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
-                "ORDER BY seq ASC LIMIT $4 OFFSET $5"
-            ),
-            Order::Desc => concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM messages WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ",
-                "ORDER BY seq DESC LIMIT $4 OFFSET $5"
-            ),
+            Order::Asc => message_page_sql!("ASC"),
+            Order::Desc => message_page_sql!("DESC"),
         };
         Ok(sqlx::query_as(sql)
             .bind(conversation_id.to_owned())
