@@ -24,6 +24,7 @@
 pub mod audio;
 pub mod classifier;
 pub mod components;
+mod history;
 mod llm;
 pub mod tts;
 
@@ -32,12 +33,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderValue, StatusCode, header};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
 
@@ -72,7 +72,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sessions/create", post(create))
         .route("/api/v1/sessions/chat", post(chat))
         .route("/api/v1/sessions/info/{session_id}", get(info))
-        .route("/api/v1/sessions/history/{session_id}", get(history))
+        .route(
+            "/api/v1/sessions/history/{session_id}",
+            get(history::history),
+        )
         .route("/api/v1/sessions/delete/{session_id}", delete(remove))
         .route("/api/v1/sessions/list/{user_id}", get(list))
         .route("/audio/{file}", get(audio_file))
@@ -90,6 +93,8 @@ pub struct IntentLayerService {
     ttl: Duration,
     /// Live sessions per user.
     max_per_user: u32,
+    /// Rendered history pages of unchanged sessions.
+    history_pages: history::HistoryPages,
 }
 
 impl IntentLayerService {
@@ -116,6 +121,7 @@ impl IntentLayerService {
                 .counting_refusals(refusals),
             ttl: config.chat.session_ttl,
             max_per_user: config.chat.max_sessions_per_user.max(1),
+            history_pages: history::HistoryPages::new(),
         })
     }
 
@@ -673,146 +679,6 @@ async fn info(State(state): State<AppState>, Path(session_id): Path<String>) -> 
         success: true,
         message: "Session trouvée",
         session_info: SessionInfo::from(&session),
-    }))
-}
-
-/// Messages per history page unless `limit` says otherwise, and the most it may say.
-pub const HISTORY_PAGE: u32 = 50;
-pub const MAX_HISTORY_PAGE: u32 = 200;
-
-#[derive(Debug, Deserialize)]
-struct HistoryParams {
-    limit: Option<String>,
-    before: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct History {
-    success: bool,
-    message: &'static str,
-    session_id: String,
-    /// Oldest first.
-    messages: Vec<HistoryMessage>,
-    /// Whether older messages remain; pass `next_before` as `before` for the previous page.
-    has_more: bool,
-    next_before: Option<String>,
-}
-
-/// A stored message as the chat POST described it: the user's question with its `input_type` and `context`,
-/// or the answer with its audio, components and analysis.
-#[derive(Debug, Serialize)]
-struct HistoryMessage {
-    message_id: String,
-    role: &'static str,
-    content: String,
-    timestamp: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    input_type: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_audio: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ui_components: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nlp_analysis: Option<Map<String, Value>>,
-}
-
-impl From<Message> for HistoryMessage {
-    fn from(message: Message) -> Self {
-        let mut history = HistoryMessage {
-            message_id: message.id,
-            role: message.role.as_str(),
-            content: message.content,
-            timestamp: timestamp(message.created_at),
-            input_type: None,
-            context: None,
-            response_audio: None,
-            ui_components: None,
-            nlp_analysis: None,
-        };
-        let Value::Object(mut metadata) = message.metadata else {
-            return history;
-        };
-        let mut analysis: Map<String, Value> = ["intent", "entities", "confidence", "language"]
-            .into_iter()
-            .filter_map(|key| metadata.remove(key).map(|value| (key.to_owned(), value)))
-            .collect();
-        // Answers stored before `confidence_value` carry the f32 widened to f64 (0.949999988…).
-        if let Some(confidence) = analysis.get_mut("confidence")
-            && let Some(widened) = confidence.as_f64()
-        {
-            *confidence = confidence_value(widened as f32);
-        }
-        history.input_type = metadata.remove("input_type");
-        history.context = metadata.remove("context");
-        history.response_audio = metadata.remove("response_audio");
-        history.ui_components = metadata.remove("ui_components");
-        history.nlp_analysis = (!analysis.is_empty()).then_some(analysis);
-        history
-    }
-}
-
-/// The page size asked for: 1 to [`MAX_HISTORY_PAGE`], [`HISTORY_PAGE`] when absent.
-fn history_limit(limit: Option<&str>) -> Result<u32, IntentLayerError> {
-    let Some(limit) = limit else {
-        return Ok(HISTORY_PAGE);
-    };
-    match limit.parse::<u32>() {
-        Ok(n) if (1..=MAX_HISTORY_PAGE).contains(&n) => Ok(n),
-        _ => Err(IntentLayerError::invalid(
-            "limit",
-            format!("Le paramètre 'limit' doit être un entier de 1 à {MAX_HISTORY_PAGE}"),
-        )),
-    }
-}
-
-async fn history(
-    State(state): State<AppState>,
-    Path(session_id): Path<String>,
-    params: Result<Query<HistoryParams>, QueryRejection>,
-) -> ApiResult<History> {
-    let Query(params) = params.map_err(|rejection| {
-        IntentLayerError::invalid(
-            "query",
-            format!("Paramètres invalides: {}", rejection.body_text()),
-        )
-    })?;
-    let limit = history_limit(params.limit.as_deref())?;
-    let id = known_id(&session_id)?;
-    check_rate(&state, RateKey::Session(id))?;
-    let session = live_session(&state, id).await?;
-    let Some(conversation) = session.conversation_id.as_deref() else {
-        return Err(IntentLayerError::session_not_found());
-    };
-    let query = MessageQuery {
-        before: params.before,
-        limit,
-        order: Order::Desc,
-        ..MessageQuery::default()
-    };
-    let page = state
-        .chat
-        .store()
-        .list_messages(conversation, &query)
-        .await
-        .map_err(|e| match e {
-            StoreError::InvalidCursor { .. } => IntentLayerError::invalid(
-                "before",
-                "Le paramètre 'before' ne désigne aucun message de cette session",
-            ),
-            e => IntentLayerError::store(&e),
-        })?;
-    let mut messages: Vec<HistoryMessage> =
-        page.items.into_iter().map(HistoryMessage::from).collect();
-    messages.reverse();
-    Ok(Json(History {
-        success: true,
-        message: "Historique de la session",
-        session_id: wire_id(&session.id),
-        messages,
-        has_more: page.has_more,
-        next_before: page.next_cursor,
     }))
 }
 

@@ -505,7 +505,8 @@ async fn delete_and_list() {
 
 #[tokio::test]
 async fn history_gives_each_interaction_as_chat_answered_it() {
-    let server = start(|_| {}).await;
+    // More reads than a session's burst.
+    let server = start(|config| config.chat.intentlayer_rate_per_minute = 0).await;
     let id = session_id(&create(&server, "erin", "fr").await);
     let history = format!("/api/v1/sessions/history/{id}");
     let (status, body) = get(&server, &history).await;
@@ -593,6 +594,70 @@ async fn history_gives_each_interaction_as_chat_answered_it() {
     // Reading the history is not an interaction.
     let (_, info_after) = get(&server, &format!("/api/v1/sessions/info/{id}")).await;
     assert_eq!(info_after, info_before);
+
+    // Every page read so far is kept rendered; an interaction makes each of them new again.
+    let (_, newest) = get(&server, &format!("{history}?limit=2")).await;
+    let answer = chat(&server, &id, "Montre le tableau de bord").await;
+    let (_, after) = get(&server, &format!("{history}?limit=2")).await;
+    assert_ne!(after, newest);
+    let ids: Vec<&Value> = after["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["message_id"])
+        .collect();
+    assert_eq!(ids, [&answer["message_id"], &answer["response_id"]]);
+    let (_, body) = get(&server, &history).await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 8, "{body}");
+}
+
+/// Another process (here a second store on the server's database, as the ops CLI opens it) adding an
+/// interaction is seen by the next history read, once the server's store has seen the write (SQLite:
+/// `data_version`, polled every 250 ms).
+#[tokio::test]
+async fn history_shows_interactions_written_by_another_process() {
+    let server = start(|_| {}).await;
+    let id = session_id(&create(&server, "frank", "fr").await);
+    chat(&server, &id, "Créer un formulaire de contact").await;
+    let history = format!("/api/v1/sessions/history/{id}");
+    let (_, before) = get(&server, &history).await;
+    assert_eq!(before["messages"].as_array().unwrap().len(), 2);
+
+    let other = voxgate::chat::Store::open_sqlite(&server.data_dir().join("voxgate.db"))
+        .await
+        .unwrap();
+    let store_id = id.strip_prefix("sess_").unwrap();
+    let (_, written) = other
+        .record_turn(store_id, None, |_| {
+            vec![
+                voxgate::chat::NewMessage::new(voxgate::chat::Role::User, "écrit ailleurs"),
+                voxgate::chat::NewMessage::new(
+                    voxgate::chat::Role::Assistant,
+                    "réponse d'ailleurs",
+                ),
+            ]
+        })
+        .await
+        .unwrap()
+        .expect("the session exists");
+    other.close().await;
+
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let body = loop {
+        let (status, body) = get(&server, &history).await;
+        assert_eq!(status, 200, "{body}");
+        if body["messages"].as_array().unwrap().len() == 4 {
+            break body;
+        }
+        assert_eq!(body, before, "a page is the old one or the new one");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other process's interaction never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["messages"][2]["message_id"], written[0].id.as_str());
+    assert_eq!(body["messages"][3]["content"], "réponse d'ailleurs");
 }
 
 #[tokio::test]
