@@ -181,6 +181,8 @@ pub struct ChatConfig {
     /// IntentLayer API requests per minute per session (chat, info, delete) and per user (create, list), with a
     /// burst of a twelfth of it (at least 1); past it, 429. 0 disables the limit.
     pub intentlayer_rate_per_minute: u32,
+    /// Memory for rendered IntentLayer history pages of unchanged sessions, in MiB; 0 disables the cache.
+    pub history_cache_mib: u32,
     /// Largest attachment or document upload.
     pub max_upload_bytes: usize,
     /// OpenAI-compatible speech endpoint base URL for spoken answers. `None` uses the built-in synthesiser.
@@ -408,6 +410,7 @@ impl Default for ChatConfig {
             session_ttl: Duration::from_secs(30 * 60),
             max_sessions_per_user: 5,
             intentlayer_rate_per_minute: 120,
+            history_cache_mib: 64,
             max_upload_bytes: 10 * 1024 * 1024,
             tts_url: None,
             tts_model: "gpt-4o-mini-tts".to_owned(),
@@ -514,6 +517,9 @@ pub struct Cli {
     /// IntentLayer API requests per minute per session or user, 0 = unlimited [default: 120].
     #[arg(long, env = "VOXGATE_INTENTLAYER_RATE_PER_MINUTE", value_name = "N")]
     pub intentlayer_rate_per_minute: Option<u32>,
+    /// Memory for cached IntentLayer history pages, in MiB, 0 = no cache [default: 64].
+    #[arg(long, env = "VOXGATE_HISTORY_CACHE_MIB", value_name = "MIB")]
+    pub history_cache_mib: Option<u32>,
 }
 
 impl Cli {
@@ -565,6 +571,7 @@ impl Cli {
             &mut chat.intentlayer_rate_per_minute,
             self.intentlayer_rate_per_minute,
         );
+        set(&mut chat.history_cache_mib, self.history_cache_mib);
     }
 }
 
@@ -883,6 +890,7 @@ fn merge_cli(lower: Cli, higher: Cli) -> Cli {
         intentlayer_rate_per_minute: higher
             .intentlayer_rate_per_minute
             .or(lower.intentlayer_rate_per_minute),
+        history_cache_mib: higher.history_cache_mib.or(lower.history_cache_mib),
     }
 }
 

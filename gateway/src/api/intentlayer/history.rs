@@ -119,8 +119,6 @@ fn history_limit(limit: Option<&str>) -> Result<u32, IntentLayerError> {
     }
 }
 
-/// Rendered pages of at most this many bytes in all (about 7,000 pages of 20 messages) are kept.
-const CACHE_BYTES: u64 = 64 << 20;
 /// What a page costs beyond its key and body (entry, version, bookkeeping), for the byte bound.
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -169,11 +167,8 @@ impl Weighter<PageKey, Page> for PageWeight {
 }
 
 impl HistoryPages {
-    pub(super) fn new() -> Self {
-        Self::with_capacity(CACHE_BYTES)
-    }
-
-    fn with_capacity(bytes: u64) -> Self {
+    /// Pages of at most `bytes` in all (64 MiB hold about 7,000 pages of 20 messages); none when 0.
+    pub(super) fn with_capacity(bytes: u64) -> Self {
         let estimated_pages = usize::try_from(bytes / 8192).unwrap_or(1).max(1);
         HistoryPages {
             pages: Cache::with_weighter(estimated_pages, bytes, PageWeight),
@@ -299,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_page_serves_only_its_version() {
-        let pages = HistoryPages::new();
+        let pages = HistoryPages::with_capacity(1 << 20);
         pages.insert(key("a"), version(3), Bytes::from_static(b"three"));
         assert_eq!(
             pages.get(&key("a"), version(3)).as_deref(),
@@ -332,5 +327,9 @@ mod tests {
         }
         assert!(pages.pages.weight() <= capacity, "{pages:?}");
         assert!(pages.pages.len() >= 10, "{pages:?}");
+
+        let none = HistoryPages::with_capacity(0);
+        none.insert(key("a"), version(1), Bytes::from_static(b"page"));
+        assert_eq!(none.get(&key("a"), version(1)), None);
     }
 }
