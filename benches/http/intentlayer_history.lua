@@ -12,5 +12,5 @@ function init(args)
 end
 
 function request()
-   return wrk.format("GET", "/api/v1/sessions/history/" .. next_session() .. "?limit=20")
+   return common.history_request(next_session())
 end
