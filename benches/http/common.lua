@@ -33,29 +33,6 @@ function common.round_robin(var)
    end
 end
 
--- One of the seed's example messages (by `index`), so the classifier, the components and the stored messages
--- vary like real traffic.
-local chat_messages = {
-   "Je voudrais un formulaire de contact",
-   "Show me a dashboard with statistics",
-   "I need a navigation menu",
-   "Create a registration form please",
-   "Bonjour, comment ça va ?",
-}
-local json_headers = { ["Content-Type"] = "application/json" }
-
--- POST /api/v1/sessions/chat on `session` with example message `index`.
-function common.chat_request(session, index)
-   local message = chat_messages[index % #chat_messages + 1]
-   local body = '{"session_id":"' .. session .. '","message":"' .. message .. '","input_type":"text"}'
-   return wrk.format("POST", "/api/v1/sessions/chat", json_headers, body)
-end
-
--- GET /api/v1/sessions/history/{session}?limit=20.
-function common.history_request(session)
-   return wrk.format("GET", "/api/v1/sessions/history/" .. session .. "?limit=20")
-end
-
 -- The non-empty lines of the file named by environment variable `var`.
 function common.lines_of(var)
    local path = os.getenv(var)
