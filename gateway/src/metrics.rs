@@ -58,6 +58,10 @@ pub mod labels {
     pub const SURFACE_CHATBOT: &str = "chatbot";
     /// `surface`: seed 000's IntentLayer API.
     pub const SURFACE_INTENTLAYER: &str = "intentlayer";
+    /// `result` of `voxgate_history_page_lookups_total`: the page was served from the cache.
+    pub const LOOKUP_HIT: &str = "hit";
+    /// `result`: the page was read from the store (absent, or its session changed since).
+    pub const LOOKUP_MISS: &str = "miss";
 }
 
 /// All gateway metrics. Cheap to share as `Arc<Metrics>`; every field is a handle into the registry.
@@ -109,6 +113,9 @@ pub struct Metrics {
     pub model_latency_seconds: HistogramVec,
     /// `voxgate_store_errors_total`: storage operations that failed.
     pub store_errors_total: IntCounter,
+    /// `voxgate_history_page_lookups_total{result}`: IntentLayer history reads, by whether the rendered page
+    /// cache had the page (`hit`) or the store was read (`miss`).
+    pub history_page_lookups_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -283,6 +290,11 @@ impl Metrics {
                 "voxgate_store_errors_total",
                 "Storage operations that failed.",
             )?,
+            history_page_lookups_total: counter_vec(
+                "voxgate_history_page_lookups_total",
+                "IntentLayer history reads, by whether the page came from the page cache (hit) or the store (miss).",
+                &["result"],
+            )?,
             registry,
         };
 
@@ -320,6 +332,11 @@ impl Metrics {
         }
         for surface in [labels::SURFACE_CHATBOT, labels::SURFACE_INTENTLAYER] {
             metrics.rate_limited_total.with_label_values(&[surface]);
+        }
+        for result in [labels::LOOKUP_HIT, labels::LOOKUP_MISS] {
+            metrics
+                .history_page_lookups_total
+                .with_label_values(&[result]);
         }
         for kind in [labels::TOKENS_PROMPT, labels::TOKENS_COMPLETION] {
             metrics.chat_tokens_total.with_label_values(&[kind]);
@@ -397,6 +414,7 @@ mod tests {
             "voxgate_rate_limited_total",
             "voxgate_model_latency_seconds",
             "voxgate_store_errors_total",
+            "voxgate_history_page_lookups_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),

@@ -121,8 +121,9 @@ impl IntentLayerService {
                 .counting_refusals(refusals),
             ttl: config.chat.session_ttl,
             max_per_user: config.chat.max_sessions_per_user.max(1),
-            history_pages: history::HistoryPages::with_capacity(
+            history_pages: history::HistoryPages::new(
                 u64::from(config.chat.history_cache_mib) << 20,
+                &metrics.history_page_lookups_total,
             ),
         })
     }

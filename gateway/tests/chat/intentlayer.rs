@@ -609,6 +609,16 @@ async fn history_gives_each_interaction_as_chat_answered_it() {
     assert_eq!(ids, [&answer["message_id"], &answer["response_id"]]);
     let (_, body) = get(&server, &history).await;
     assert_eq!(body["messages"].as_array().unwrap().len(), 8, "{body}");
+
+    // Of the eight reads, one was served from the page cache: the newest page of two, read again before the
+    // last interaction. Every other read was the first of its page since the session's last interaction.
+    let exposition = metrics(&server).await;
+    for series in [
+        "voxgate_history_page_lookups_total{result=\"hit\"} 1",
+        "voxgate_history_page_lookups_total{result=\"miss\"} 7",
+    ] {
+        assert!(exposition.contains(series), "{series}:\n{exposition}");
+    }
 }
 
 /// Another process (here a second store on the server's database, as the ops CLI opens it) adding an

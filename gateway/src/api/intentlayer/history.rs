@@ -16,6 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, StatusCode, header};
+use prometheus::{IntCounter, IntCounterVec};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ use super::{
 };
 use crate::api::timestamp;
 use crate::chat::{Message, MessageQuery, Order, Session, StoreError};
+use crate::metrics::labels;
 use crate::state::AppState;
 
 /// Messages per history page unless `limit` says otherwise, and the most it may say.
@@ -125,6 +127,8 @@ const ENTRY_OVERHEAD: usize = 96;
 /// Rendered history pages by session, page size and cursor (see the module documentation).
 pub(super) struct HistoryPages {
     pages: Cache<PageKey, Page, PageWeight>,
+    hits: IntCounter,
+    misses: IntCounter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -167,20 +171,29 @@ impl Weighter<PageKey, Page> for PageWeight {
 }
 
 impl HistoryPages {
-    /// Pages of at most `bytes` in all (64 MiB hold about 7,000 pages of 20 messages); none when 0.
-    pub(super) fn with_capacity(bytes: u64) -> Self {
+    /// Pages of at most `bytes` in all (64 MiB hold about 7,000 pages of 20 messages; none when 0), each
+    /// lookup counted in `lookups` by result.
+    pub(super) fn new(bytes: u64, lookups: &IntCounterVec) -> Self {
         let estimated_pages = usize::try_from(bytes / 8192).unwrap_or(1).max(1);
         HistoryPages {
             pages: Cache::with_weighter(estimated_pages, bytes, PageWeight),
+            hits: lookups.with_label_values(&[labels::LOOKUP_HIT]),
+            misses: lookups.with_label_values(&[labels::LOOKUP_MISS]),
         }
     }
 
     /// The page's body, if it was rendered under `version`.
     fn get(&self, key: &PageKey, version: Version) -> Option<Bytes> {
-        self.pages
+        let body = self
+            .pages
             .get(key)
             .filter(|page| page.version == version)
-            .map(|page| page.body)
+            .map(|page| page.body);
+        match body {
+            Some(_) => self.hits.inc(),
+            None => self.misses.inc(),
+        }
+        body
     }
 
     fn insert(&self, key: PageKey, version: Version, body: Bytes) {
@@ -285,6 +298,12 @@ mod tests {
         }
     }
 
+    fn counted_pages(bytes: u64) -> HistoryPages {
+        let lookups =
+            IntCounterVec::new(prometheus::Opts::new("lookups", "lookups"), &["result"]).unwrap();
+        HistoryPages::new(bytes, &lookups)
+    }
+
     fn version(interaction_count: i64) -> Version {
         Version {
             interaction_count,
@@ -294,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_page_serves_only_its_version() {
-        let pages = HistoryPages::with_capacity(1 << 20);
+        let pages = counted_pages(1 << 20);
         pages.insert(key("a"), version(3), Bytes::from_static(b"three"));
         assert_eq!(
             pages.get(&key("a"), version(3)).as_deref(),
@@ -312,12 +331,13 @@ mod tests {
             ..key("a")
         };
         assert_eq!(pages.get(&older, version(3)), None);
+        assert_eq!((pages.hits.get(), pages.misses.get()), (1, 4));
     }
 
     #[test]
     fn bounded_by_bytes() {
         let capacity = 256 * 1024;
-        let pages = HistoryPages::with_capacity(capacity);
+        let pages = counted_pages(capacity);
         for i in 0..200 {
             pages.insert(
                 key(&format!("s{i}")),
@@ -328,7 +348,7 @@ mod tests {
         assert!(pages.pages.weight() <= capacity, "{pages:?}");
         assert!(pages.pages.len() >= 10, "{pages:?}");
 
-        let none = HistoryPages::with_capacity(0);
+        let none = counted_pages(0);
         none.insert(key("a"), version(1), Bytes::from_static(b"page"));
         assert_eq!(none.get(&key("a"), version(1)), None);
     }
