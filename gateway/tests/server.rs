@@ -360,6 +360,26 @@ async fn oversize_bodies_get_413() {
     );
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("1024"), "{body}");
+
+    // A chunked body declares no length: the limit is met while a route's extractor reads it, and axum's
+    // plain-text rejection still reaches the client as problem+json.
+    let chunks = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024]))),
+    );
+    let response = client()
+        .post(server.http_url("/api/v1/sessions/create"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("limit"), "{body}");
     server.shutdown().await.unwrap();
 }
 

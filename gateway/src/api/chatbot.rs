@@ -18,6 +18,7 @@ mod ws;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -169,6 +170,15 @@ impl ChatbotError {
         }
     }
 
+    /// 422: a path parameter the URL does not give as text (percent-encoded bytes that are not UTF-8).
+    fn path(field: &'static str, rejection: &PathRejection) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Invalid {field}: {}", rejection.body_text()),
+            Some(field),
+        )
+    }
+
     fn unauthorized(error: &AuthError) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -267,9 +277,10 @@ struct SessionCreated {
 
 async fn create_session(
     State(state): State<AppState>,
-    Path(chatbot_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<SessionCreated>, ChatbotError> {
+    let Path(chatbot_id) = path.map_err(|r| ChatbotError::path("chatbotId", &r))?;
     let claims = authenticate(&state, &headers)?;
     let chatbot =
         find_chatbot(&state.config, &chatbot_id).ok_or_else(ChatbotError::chatbot_not_found)?;
@@ -352,9 +363,10 @@ struct SessionClosed {
 
 async fn delete_session(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<SessionClosed>, ChatbotError> {
+    let Path(session_id) = path.map_err(|r| ChatbotError::path("session_id", &r))?;
     let claims = authenticate(&state, &headers)?;
     let store = state.chat.store();
     // Unknown, malformed and other users' sessions are the same 404, so ids cannot be probed.

@@ -33,6 +33,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -255,6 +256,22 @@ impl IntoResponse for IntentLayerError {
 }
 
 type ApiResult<T> = Result<Json<T>, IntentLayerError>;
+
+/// A path parameter as the route extracted it, or why the URL could not give it as text.
+type PathParam = Result<Path<String>, PathRejection>;
+
+/// The text of a path parameter, or 422 naming it (its percent-encoded bytes are not UTF-8).
+fn path_param(path: PathParam, field: &'static str) -> Result<String, IntentLayerError> {
+    path.map(|Path(value)| value).map_err(|rejection| {
+        IntentLayerError::invalid(
+            field,
+            format!(
+                "Le paramètre '{field}' de l'URL est invalide: {}",
+                rejection.body_text()
+            ),
+        )
+    })
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Request parsing: bodies are read as JSON values so that every problem names its field.
@@ -674,7 +691,8 @@ struct Info {
     session_info: SessionInfo,
 }
 
-async fn info(State(state): State<AppState>, Path(session_id): Path<String>) -> ApiResult<Info> {
+async fn info(State(state): State<AppState>, path: PathParam) -> ApiResult<Info> {
+    let session_id = path_param(path, "session_id")?;
     let id = known_id(&session_id)?;
     check_rate(&state, RateKey::Session(id))?;
     let session = live_session(&state, id).await?;
@@ -692,10 +710,8 @@ struct Deleted {
     session_id: String,
 }
 
-async fn remove(
-    State(state): State<AppState>,
-    Path(session_id): Path<String>,
-) -> ApiResult<Deleted> {
+async fn remove(State(state): State<AppState>, path: PathParam) -> ApiResult<Deleted> {
+    let session_id = path_param(path, "session_id")?;
     let id = known_id(&session_id)?;
     check_rate(&state, RateKey::Session(id))?;
     let session = live_session(&state, id).await?;
@@ -719,7 +735,8 @@ struct Listed {
     total: usize,
 }
 
-async fn list(State(state): State<AppState>, Path(user_id): Path<String>) -> ApiResult<Listed> {
+async fn list(State(state): State<AppState>, path: PathParam) -> ApiResult<Listed> {
+    let user_id = path_param(path, "user_id")?;
     if user_id.chars().count() > MAX_USER_ID_CHARS {
         return Err(IntentLayerError::invalid(
             "user_id",
@@ -757,7 +774,11 @@ async fn list(State(state): State<AppState>, Path(user_id): Path<String>) -> Api
 // ---------------------------------------------------------------------------------------------------------
 // Audio
 
-async fn audio_file(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+async fn audio_file(State(state): State<AppState>, path: PathParam) -> Response {
+    let file = match path_param(path, "file") {
+        Ok(file) => file,
+        Err(error) => return error.into_response(),
+    };
     let lookup = |session: String, n: u64| stored_script(&state, session, n);
     match state.api.intentlayer.audio.read(&file, lookup).await {
         Ok(bytes) => {

@@ -8,7 +8,7 @@
 //! 3. CORS, only when origins are configured (none configured = no CORS headers at all);
 //! 4. the edge middleware: early 413 on a declared oversize body, an idle timeout on request bodies
 //!    ([`body`]), request metrics by matched route template, and a problem+json body for error responses that
-//!    have no body (404, 405, ...);
+//!    have no body (404, 405, ...) or only axum's plain-text rejection (a chunked body past the limit);
 //! 5. the default body limit for extractors (`DefaultBodyLimit`), which routes may raise for themselves.
 //!
 //! It is a function of the state so tests can drive it with `tower::ServiceExt::oneshot` as well as over a socket.
@@ -171,7 +171,7 @@ async fn not_found(method: Method, uri: http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 
-/// Early body-size check, request metrics, and problem+json for bodiless error responses.
+/// Early body-size check, request metrics, and problem+json for error responses without a JSON body.
 async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -183,7 +183,7 @@ async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Re
             next.run(request).await
         }
     };
-    let response = problem_for_bodiless_error(response);
+    let response = problem_for_non_json_error(response).await;
 
     let route = response
         .extensions()
@@ -230,15 +230,30 @@ fn declared_oversize(state: &AppState, request: &Request) -> Option<usize> {
     (length > limit as u64).then_some(limit)
 }
 
-fn problem_for_bodiless_error(response: Response) -> Response {
+/// Largest plain-text error body taken over as a problem's detail (axum's rejections are one short line).
+const MAX_PLAIN_DETAIL_BYTES: usize = 4096;
+
+/// Error responses that carry no body (404, 405 from the router, ...) or only the plain text of one of axum's
+/// own rejections (a chunked body past the limit, read by an extractor) become problem+json, with that text as
+/// the detail. The routes' own errors are JSON already, in their surface's shape, and pass as they are.
+async fn problem_for_non_json_error(response: Response) -> Response {
     let status = response.status();
+    let is_plain_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/plain"));
     if !(status.is_client_error() || status.is_server_error())
-        || response.body().size_hint().exact() != Some(0)
+        || !(is_plain_text || response.body().size_hint().exact() == Some(0))
     {
         return response;
     }
-    let (parts, _) = response.into_parts();
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_DETAIL_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
     let detail = match status {
+        _ if !text.is_empty() => text,
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed for this route".to_owned(),
         _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
     };

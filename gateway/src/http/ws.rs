@@ -5,6 +5,9 @@
 //! through [`limit_upgrade`] and every outgoing (upstream) connection uses [`upstream_config`].
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::LimitsConfig;
@@ -27,6 +30,34 @@ pub fn limit_upgrade<F>(
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_write_buffer_size(max_write_buffer(limits, limits.ws_max_message_bytes))
         .accept_unmasked_frames(false)
+}
+
+/// Why a request to a WebSocket route is not a WebSocket handshake: the status to answer and the header at
+/// fault, for the route's own JSON error. A request that does not ask for an upgrade at all gets 426 Upgrade
+/// Required (with [`upgrade_required`]), as the local engine's `/v1/realtime` answers; a handshake with a bad
+/// header gets 400.
+pub fn rejected_upgrade(rejection: &WebSocketUpgradeRejection) -> (StatusCode, &'static str) {
+    use WebSocketUpgradeRejection as R;
+    match rejection {
+        R::InvalidConnectionHeader(_) => (StatusCode::UPGRADE_REQUIRED, "Connection"),
+        R::InvalidUpgradeHeader(_) => (StatusCode::UPGRADE_REQUIRED, "Upgrade"),
+        R::InvalidWebSocketVersionHeader(_) => (StatusCode::BAD_REQUEST, "Sec-WebSocket-Version"),
+        R::WebSocketKeyHeaderMissing(_) => (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key"),
+        R::InvalidProtocolPseudoheader(_) => (StatusCode::BAD_REQUEST, ":protocol"),
+        R::MethodNotGet(_) | R::MethodNotConnect(_) => (StatusCode::METHOD_NOT_ALLOWED, "method"),
+        // The connection cannot be taken over (not HTTP/1.1 upgradable): nothing the client can fix by a header.
+        _ => (rejection.status(), "Connection"),
+    }
+}
+
+/// Adds `Upgrade: websocket` to a 426 response, which RFC 9110 requires to name the protocol to upgrade to.
+pub fn upgrade_required(mut response: Response) -> Response {
+    if response.status() == StatusCode::UPGRADE_REQUIRED {
+        response
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    response
 }
 
 /// The tungstenite configuration for client sockets the gateway opens itself (upstream realtime servers,

@@ -215,6 +215,74 @@ async fn unknown_chatbot_is_404() {
     );
 }
 
+/// What is wrong with the request itself is answered over HTTP in the surface's JSON shape, naming the part at
+/// fault: a path parameter that is not UTF-8 (422), and a request to the chat socket that is no WebSocket
+/// handshake (426 with `Upgrade: websocket`).
+#[tokio::test]
+async fn malformed_requests_are_json_errors_naming_the_part_at_fault() {
+    let server = start(|_| {}).await;
+    let bearer = token(&server, "alice");
+    let cases = [
+        (
+            reqwest::Method::POST,
+            "/chatbot/%FF/session".to_owned(),
+            422,
+            "chatbotId",
+        ),
+        (
+            reqwest::Method::POST,
+            "/chatbot/%FF/documents".to_owned(),
+            422,
+            "chatbotId",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/chatbot/session/%FF".to_owned(),
+            422,
+            "session_id",
+        ),
+        (
+            reqwest::Method::GET,
+            "/ws/chat/%FF".to_owned(),
+            422,
+            "session_id",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/ws/chat/{}?token={bearer}", uuid::Uuid::new_v4()),
+            426,
+            "Connection",
+        ),
+    ];
+    for (method, path, expected_status, field) in cases {
+        let response = client()
+            .request(method.clone(), server.http_url(&path))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        let upgrade = response.headers().get("upgrade").cloned();
+        let (status, body) = json_response(response).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (expected_status, Some(field)),
+            "{method} {path}: {body}"
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+        if status == 426 {
+            assert_eq!(
+                upgrade.as_ref().map(|v| v.as_bytes()),
+                Some(&b"websocket"[..])
+            );
+        }
+    }
+    let (status, _) = create_session(&server, &bearer, "assistant").await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn one_session_per_user_and_chatbot() {
     let server = start(|config| {

@@ -428,6 +428,50 @@ async fn unknown_sessions_are_404_in_the_seed_shape() {
     assert_eq!((status, body["success"].as_bool()), (404, Some(false)));
 }
 
+/// Percent-encoded bytes that are not UTF-8 cannot be a session id, a user id or a file name: 422 in the seed's
+/// error shape, naming the path parameter, and the server goes on.
+#[tokio::test]
+async fn path_parameters_that_are_not_text_are_422_naming_them() {
+    let server = start(|_| {}).await;
+    for (method, path, field) in [
+        (
+            reqwest::Method::GET,
+            "/api/v1/sessions/info/%FF",
+            "session_id",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/sessions/history/sess_%C3%28",
+            "session_id",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/sessions/delete/%ED%A0%80",
+            "session_id",
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/sessions/list/user%FF",
+            "user_id",
+        ),
+        (reqwest::Method::GET, "/audio/response_%FF.wav", "file"),
+    ] {
+        let response = client()
+            .request(method.clone(), server.http_url(path))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_response(response).await;
+        assert_eq!(
+            (status, body["success"].as_bool(), body["field"].as_str()),
+            (422, Some(false), Some(field)),
+            "{method} {path}: {body}"
+        );
+    }
+    let created = create(&server, "user123", "fr").await;
+    assert_eq!(created["success"], true);
+}
+
 #[tokio::test]
 async fn delete_and_list() {
     let server = start(|_| {}).await;

@@ -380,6 +380,52 @@ async fn shutdown_tells_live_sessions_and_closes_with_1001() {
         .expect("clean shutdown");
 }
 
+/// A request to a realtime WebSocket route that is no WebSocket handshake gets a JSON error naming the header at
+/// fault, and 426 with `Upgrade: websocket` when it did not ask for an upgrade at all; the local engine's
+/// `/v1/realtime` answers in OpenAI's error shape, with the header in `param`.
+#[tokio::test]
+async fn requests_that_are_no_websocket_handshake_get_json_errors() {
+    let server = TestServer::start_default().await.expect("server starts");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let send = |path: &str, version: Option<&str>| {
+        let mut request = client.get(server.http_url(path));
+        if let Some(version) = version {
+            request = request
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", version)
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        request.send()
+    };
+    let response = send("/ws/realtime", None).await.expect("GET");
+    assert_eq!(response.status(), 426);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(body["field"], "Connection", "{body}");
+    let response = send("/ws/realtime", Some("8")).await.expect("GET");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(body["field"], "Sec-WebSocket-Version", "{body}");
+
+    for (path, version, status, param) in [
+        ("/v1/realtime", None, 426, "Upgrade"),
+        ("/v1/realtime", Some("8"), 400, "Sec-WebSocket-Version"),
+    ] {
+        let response = send(path, version).await.expect("GET");
+        assert_eq!(response.status(), status, "{path}");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["param"], param, "{path}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn api_session_mints_a_secret_in_the_seed_shape() {
     let server = TestServer::start_default().await.expect("server starts");

@@ -9,6 +9,7 @@
 //! (field `file`); a file without extractable text gets 422.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest as _, Multipart, Path, Request, State};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, StatusCode, header};
@@ -60,10 +61,11 @@ fn unsupported(what: &str) -> ChatbotError {
 
 pub(super) async fn upload(
     State(state): State<AppState>,
-    Path(chatbot_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<DocumentCreated>), ChatbotError> {
+    let Path(chatbot_id) = path.map_err(|r| ChatbotError::path("chatbotId", &r))?;
     let claims = authenticate(&state, &headers)?;
     let chatbot =
         find_chatbot(&state.config, &chatbot_id).ok_or_else(ChatbotError::chatbot_not_found)?;

@@ -15,16 +15,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::{KIND, find_chatbot};
+use super::{ChatbotError, KIND, find_chatbot};
 use crate::api::auth::AuthError;
 use crate::api::timestamp;
 use crate::chat::{DocumentFilter, Reply, ReplyEvent, ReplyRequest, Session};
@@ -94,10 +96,27 @@ struct Admitted {
 
 pub(super) async fn upgrade(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // What is wrong with the request itself is answered over HTTP, before any upgrade, as a JSON error naming
+    // the part at fault (the query string cannot be: it is decoded lossily, and a mangled token fails
+    // authentication). Refusals of the session (token, ownership) come after the upgrade, as close codes a
+    // browser's WebSocket can read.
+    let (session_id, upgrade) = match (path, upgrade) {
+        (Ok(Path(session_id)), Ok(upgrade)) => (session_id, upgrade),
+        (Err(rejection), _) => return ChatbotError::path("session_id", &rejection).into_response(),
+        (_, Err(rejection)) => {
+            let (status, header) = crate::http::ws::rejected_upgrade(&rejection);
+            let error = ChatbotError::new(
+                status,
+                format!("/ws/chat speaks WebSocket only: {}", rejection.body_text()),
+                Some(header),
+            );
+            return crate::http::ws::upgrade_required(error.into_response());
+        }
+    };
     let upgrade = crate::http::ws::limit_upgrade(upgrade, &state.config.limits);
     // Created inside the request span, so the socket's logs carry the request id as well as the session id.
     let span = tracing::info_span!("chat_ws", session_id = %session_id);

@@ -12,7 +12,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, StatusCode, header};
@@ -212,9 +212,10 @@ impl std::fmt::Debug for HistoryPages {
 
 pub(super) async fn history(
     State(state): State<AppState>,
-    Path(session_id): Path<String>,
+    path: super::PathParam,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, IntentLayerError> {
+    let session_id = super::path_param(path, "session_id")?;
     let Query(params) = params.map_err(|rejection| {
         IntentLayerError::invalid(
             "query",

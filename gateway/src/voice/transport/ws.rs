@@ -16,15 +16,17 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, Stream, StreamExt as _};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite;
 
-use crate::http::ws::limit_upgrade;
+use crate::http::ApiError;
+use crate::http::ws::{limit_upgrade, rejected_upgrade, upgrade_required};
 use crate::net::{self, ArrivalClock};
 use crate::state::AppState;
 use crate::voice::protocol::okti::ServerMessage;
@@ -42,8 +44,25 @@ const MAX_MISSED_PONGS: u32 = 2;
 pub async fn upgrade(
     State(state): State<AppState>,
     arrivals: Option<Extension<ArrivalClock>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let (status, header) = rejected_upgrade(&rejection);
+            let error = ApiError::Client {
+                status,
+                code: "websocket_required",
+                detail: format!(
+                    "/ws/realtime speaks WebSocket only: {}",
+                    rejection.body_text()
+                ),
+                field: Some(header.to_owned()),
+                retry_after: None,
+            };
+            return upgrade_required(error.into_response());
+        }
+    };
     // Served by `server::serve` every connection has one; elsewhere (a router under test) frames are dated
     // when read.
     let arrivals = arrivals.map(|Extension(clock)| clock);

@@ -304,9 +304,14 @@ pub fn routes() -> Router<AppState> {
 
 /// An error in OpenAI's HTTP shape (`{"error": {...}}`), so clients report it as they would
 /// OpenAI's.
-fn openai_http_error(status: StatusCode, code: &str, message: &str) -> Response {
+fn openai_http_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    param: Option<&str>,
+) -> Response {
     let body = serde_json::json!({
-        "error": { "type": "invalid_request_error", "code": code, "message": message, "param": null }
+        "error": { "type": "invalid_request_error", "code": code, "message": message, "param": param }
     });
     (status, axum::Json(body)).into_response()
 }
@@ -330,6 +335,7 @@ async fn realtime_upgrade(
             StatusCode::UPGRADE_REQUIRED,
             "websocket_required",
             "This endpoint speaks the Realtime protocol over WebSocket only.",
+            Some("Upgrade"),
         );
     }
     if headers
@@ -341,6 +347,7 @@ async fn realtime_upgrade(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Sec-WebSocket-Version must be 13.",
+            Some("Sec-WebSocket-Version"),
         );
     }
     let Some(key) = headers
@@ -351,6 +358,7 @@ async fn realtime_upgrade(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Sec-WebSocket-Key is missing.",
+            Some("Sec-WebSocket-Key"),
         );
     };
     let engine = state.voice.local_engine().clone();
@@ -361,6 +369,7 @@ async fn realtime_upgrade(
                 StatusCode::UNAUTHORIZED,
                 "missing_api_key",
                 "You didn't provide an API key. Send 'Authorization: Bearer <key>' with the configured key or a secret from GET /api/session.",
+                None,
             );
         }
         Err(AuthError::Invalid) => {
@@ -368,6 +377,7 @@ async fn realtime_upgrade(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",
                 "Incorrect API key provided.",
+                None,
             );
         }
     };
