@@ -342,44 +342,46 @@ async fn errors_outside_the_seeds_are_problem_json() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn oversize_bodies_get_413() {
-    let server = TestServer::start_with(|config| config.body_limit_bytes = 1024)
-        .await
-        .unwrap();
-    let response = client()
-        .post(server.http_url("/health"))
-        .body(vec![b'x'; 4096])
-        .send()
-        .await
-        .unwrap();
+/// Asserts a 413 in problem+json whose detail contains `detail_part`.
+async fn assert_problem_413(response: reqwest::Response, detail_part: &str) {
     assert_eq!(response.status(), 413);
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
     );
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["detail"].as_str().unwrap().contains("1024"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains(detail_part),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413() {
+    let server = TestServer::start_with(|config| config.body_limit_bytes = 1024)
+        .await
+        .unwrap();
+    let declared = client()
+        .post(server.http_url("/health"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_problem_413(declared, "1024").await;
 
     // A chunked body declares no length: the limit is met while a route's extractor reads it, and axum's
     // plain-text rejection still reaches the client as problem+json.
     let chunks = futures_util::stream::iter(
         (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024]))),
     );
-    let response = client()
+    let chunked = client()
         .post(server.http_url("/api/v1/sessions/create"))
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 413);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["detail"].as_str().unwrap().contains("limit"), "{body}");
+    assert_problem_413(chunked, "limit").await;
     server.shutdown().await.unwrap();
 }
 
