@@ -4,9 +4,12 @@
 //! sockets that is both a memory hazard and an easy denial of service, so every client-facing upgrade goes
 //! through [`limit_upgrade`] and every outgoing (upstream) connection uses [`upstream_config`].
 
+use std::time::Duration;
+
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::Response;
+use futures_util::{Stream, StreamExt as _};
 use http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -48,6 +51,18 @@ pub fn rejected_upgrade(rejection: &WebSocketUpgradeRejection) -> (StatusCode, &
         // The connection cannot be taken over (not HTTP/1.1 upgradable): nothing the client can fix by a header.
         _ => (rejection.status(), "Connection"),
     }
+}
+
+/// Sends the reply to the close frame a client sent, within `timeout`. Tungstenite queues that reply when it
+/// reads the client's close frame but writes it only on the socket's next read, write or close (and a write of
+/// a close frame of our own then fails as a send after closing), so a handler that drops the socket right after
+/// reading the client's close frame leaves the client with 1006 (abnormal closure) instead of a clean close.
+/// One more read writes the reply and then meets the end of the stream, once the client shuts its side.
+pub async fn reply_to_close<S>(stream: &mut S, timeout: Duration)
+where
+    S: Stream + Unpin,
+{
+    let _ = tokio::time::timeout(timeout, stream.next()).await;
 }
 
 /// Adds `Upgrade: websocket` to a 426 response, which RFC 9110 requires to name the protocol to upgrade to.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -81,6 +81,11 @@ async fn seed_flow_end_to_end() {
     );
 
     ws.close(None).await.unwrap();
+    let reply = ws.next().await;
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "the gateway answers the client's close frame: {reply:?}"
+    );
     drop(ws);
 
     // The next session carries the history, in order, with the fields the seed's client reads.

@@ -83,7 +83,11 @@ async fn seed_client_flow_end_to_end() {
         "one turn measured"
     );
     assert!(metrics.contains(r#"voxgate_audio_frames_total{direction="upstream_to_client"}"#));
-    client.close().await;
+    assert_eq!(
+        client.close_and_await_reply(Duration::from_secs(5)).await,
+        1000,
+        "the gateway answers the client's close frame"
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 

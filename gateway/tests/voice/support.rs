@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use voxgate_dsp::resample::Resampler;
 
@@ -155,6 +156,23 @@ impl Client {
     /// Closes politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// Closes with 1000 and returns the code of the gateway's close reply (1006 if the socket ended without
+    /// one), which RFC 6455 asks it to send.
+    pub async fn close_and_await_reply(mut self, timeout: Duration) -> u16 {
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        };
+        self.ws
+            .close(Some(frame))
+            .await
+            .expect("send the close frame");
+        match self.next(timeout).await {
+            Some(Frame::Close(code, _)) => code,
+            other => panic!("no close reply within {timeout:?}: {other:?}"),
+        }
     }
 }
 

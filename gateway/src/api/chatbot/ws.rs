@@ -220,7 +220,9 @@ fn error_event(code: &'static str, message: impl Into<String>) -> ServerEvent<'s
 
 /// Why the socket loop ended.
 enum End {
-    /// The client closed or vanished.
+    /// The client sent its close frame.
+    ClientClosed,
+    /// The client vanished.
     ClientGone,
     /// The session was closed elsewhere.
     SessionClosed,
@@ -258,6 +260,7 @@ async fn run(state: AppState, mut socket: WebSocket, admitted: Admitted) {
     gauge.dec();
     let close_timeout = state.config.limits.close_timeout;
     match end {
+        End::ClientClosed => crate::http::ws::reply_to_close(&mut socket, close_timeout).await,
         End::ClientGone => {}
         End::SessionClosed => {
             close(
@@ -325,7 +328,8 @@ async fn serve(
         };
         last_heard = Instant::now();
         let outcome = match frame {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::ClientGone,
+            Some(Ok(Message::Close(_))) => return End::ClientClosed,
+            None | Some(Err(_)) => return End::ClientGone,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(_))) => {
                 send(

@@ -26,7 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite;
 
 use crate::http::ApiError;
-use crate::http::ws::{limit_upgrade, rejected_upgrade, upgrade_required};
+use crate::http::ws::{limit_upgrade, rejected_upgrade, reply_to_close, upgrade_required};
 use crate::net::{self, ArrivalClock};
 use crate::state::AppState;
 use crate::voice::protocol::okti::ServerMessage;
@@ -137,7 +137,7 @@ async fn serve(
         arrivals,
         outbox: Arc::clone(&outbox),
         missed_pongs: Arc::clone(&missed_pongs),
-        ended: false,
+        client: ClientSide::Open,
     };
 
     let mut actor = Box::pin(session::run(ctx, &mut inbound, Arc::clone(&outbox)));
@@ -166,8 +166,14 @@ async fn serve(
         (&mut actor).await;
     }
     drop(actor);
-    // Wait a little for the client's close reply, as the close handshake asks.
-    let _ = tokio::time::timeout(limits.close_timeout, inbound.drain_until_close()).await;
+    // Complete the close handshake, briefly: reply to the client's close frame, or wait for its reply to ours.
+    match inbound.client {
+        ClientSide::Closed => reply_to_close(&mut inbound.stream, limits.close_timeout).await,
+        ClientSide::Open => {
+            let _ = tokio::time::timeout(limits.close_timeout, inbound.drain_until_close()).await;
+        }
+        ClientSide::Gone => {}
+    }
 }
 
 /// The client's messages as the session reads them, in the session's task: audio and text. Pings, pongs and
@@ -180,8 +186,18 @@ struct ClientMessages {
     arrivals: Option<ArrivalClock>,
     outbox: Arc<Outbox>,
     missed_pongs: Arc<AtomicU32>,
-    /// The client's close frame (or the end of its socket) has been read.
-    ended: bool,
+    /// Whether the client's side has ended, and how.
+    client: ClientSide,
+}
+
+/// The client's side of the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    Open,
+    /// Its close frame has been read: the reply is ours to send.
+    Closed,
+    /// Its socket ended or broke the protocol.
+    Gone,
 }
 
 impl Stream for ClientMessages {
@@ -190,11 +206,11 @@ impl Stream for ClientMessages {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
         let this = &mut *self;
         loop {
-            if this.ended || this.outbox.is_closing() {
+            if this.client != ClientSide::Open || this.outbox.is_closing() {
                 return Poll::Ready(None);
             }
             let Some(message) = ready!(this.stream.poll_next_unpin(cx)) else {
-                this.ended = true;
+                this.client = ClientSide::Gone;
                 return Poll::Ready(None);
             };
             this.missed_pongs.store(0, Ordering::Relaxed);
@@ -206,7 +222,7 @@ impl Stream for ClientMessages {
                 Ok(Message::Text(text)) => Inbound::Text(text.as_str().to_owned()),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(Message::Close(_)) => {
-                    this.ended = true;
+                    this.client = ClientSide::Closed;
                     return Poll::Ready(None);
                 }
                 Err(error) => {
@@ -214,7 +230,7 @@ impl Stream for ClientMessages {
                         tracing::debug!(code, reason, "client broke the WebSocket protocol");
                         this.outbox.close_now(code, reason.to_owned());
                     }
-                    this.ended = true;
+                    this.client = ClientSide::Gone;
                     return Poll::Ready(None);
                 }
             }));
@@ -225,9 +241,6 @@ impl Stream for ClientMessages {
 impl ClientMessages {
     /// Reads and discards what the client still sends until its close frame.
     async fn drain_until_close(&mut self) {
-        if self.ended {
-            return;
-        }
         while let Some(Ok(message)) = self.stream.next().await {
             if matches!(message, Message::Close(_)) {
                 return;
